@@ -77,14 +77,25 @@ def _add_train(sub: Any) -> None:
 
 
 def _add_bench(sub: Any) -> None:
-    pass  # bench ingest | train
+    p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
+    s = p.add_subparsers(dest="bench_cmd", required=True)
+    _add_bench_ingest(s)
+    _add_bench_train(s)
+
+
+def _add_bench_ingest(s: Any) -> None:
+    pass  # bench ingest (ingest engineer)
+
+
+def _add_bench_train(s: Any) -> None:
+    pass  # bench train (model engineer)
 
 
 # ----------------------------------------------------------------------------- jobs (submit/jobs/nightly/schedule)
 
 
 def _add_jobs(sub: Any) -> None:
-    pass  # submit, jobs ls|logs|stop, nightly, schedule install|ls|remove
+    pass  # submit, jobs ls|logs|stop, nightly, schedule install|ls|remove (jobs engineer)
 
 
 # ----------------------------------------------------------------------------- evaluate

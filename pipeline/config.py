@@ -49,6 +49,9 @@ class DataConfig:
     eval_test: str = ""  # labelled shards: kNN queries / probe test set
     image_size: int = 224  # side of each augmented view, pixels
     channels: int = 3  # 1 (grayscale) or 3 (RGB); decoded images are converted to this
+    # Train on these shard keys of data.train's manifest only (manifest order); [] = all.
+    # Set by `mocopipe nightly` (new shards + replay); rarely written by hand.
+    train_shards: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +129,10 @@ class TrainConfig:
     log_every: int = 10
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     max_nonfinite: int = 10  # fail after this many skipped non-finite steps
+    # Warm start: a registered encoder ("models:/NAME/VERSION", "models:/NAME@ALIAS") or a run
+    # artifact ("runs:/RUN_ID/encoder") whose backbone weights initialise the query and key
+    # encoders of a NEW run (a resumed run loads its checkpoint instead). "" = random init.
+    init_from: str = ""
 
 
 @dataclass
@@ -367,6 +374,11 @@ def validate(cfg: Config) -> None:
           "must be set together with data.eval_train (both or neither)")
     _need(8 <= d.image_size <= 1024, "data.image_size", d.image_size, "must be in [8, 1024]")
     _need(d.channels in (1, 3), "data.channels", d.channels, "must be 1 or 3")
+    for k, key in enumerate(d.train_shards):
+        _need(bool(key) and "/" not in key, f"data.train_shards[{k}]", key,
+              "must be a shard key of the manifest (e.g. 'shard-000000.tar'), without '/'")
+    _need(len(set(d.train_shards)) == len(d.train_shards), "data.train_shards",
+          d.train_shards, "lists a shard twice")
 
     _need(0 < a.crop_scale_min <= a.crop_scale_max <= 1.0, "augment.crop_scale_min",
           a.crop_scale_min, f"must satisfy 0 < crop_scale_min <= crop_scale_max "
@@ -417,6 +429,9 @@ def validate(cfg: Config) -> None:
     _need(t.per_worker_batch >= 2, "train.per_worker_batch", t.per_worker_batch, "must be >= 2")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
     _need(t.max_nonfinite >= 0, "train.max_nonfinite", t.max_nonfinite, "must be >= 0")
+    _need(t.init_from == "" or t.init_from.startswith(("models:/", "runs:/")), "train.init_from",
+          t.init_from, "must be '' or an MLflow model URI (models:/NAME/VERSION, "
+          "models:/NAME@ALIAS, runs:/RUN_ID/PATH)")
     _need(bool(t.name) and t.name.replace("-", "").replace("_", "").isalnum(), "train.name",
           t.name, "must be non-empty letters, digits, '-' or '_'")
     _need(c.every_steps >= 1, "checkpoint.every_steps", c.every_steps, "must be >= 1")

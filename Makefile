@@ -1,0 +1,65 @@
+# mocopipe — every target installs what it needs first (once: a stamp file makes re-runs
+# fast and safe). `make demo` and `make test` are the two-command quickstart.
+
+SHELL   := /bin/bash
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+MOCO    := $(VENV)/bin/mocopipe
+STAMP   := $(VENV)/.mocopipe-installed
+# torch is pinned on the same pip line as the package, so pip resolves the CPU build
+# available here instead of fetching a CUDA one (pyproject keeps a range for GPU hosts).
+TORCH   := torch==2.13.0
+SYSDEPS := dataset-fashion-mnist chromium chromium-driver
+
+.PHONY: all install sysdeps demo test up down bench clean
+
+all: test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mocopipe needs Python >= 3.11; run: make PYTHON=/path/to/python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check $(TORCH) -e '.[test]'
+	@touch $@
+
+# Debian packages: Fashion-MNIST (demo data) and Chromium + driver (MLflow UI browser tests).
+sysdeps:
+	@missing=""; \
+	for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; \
+	else \
+	  echo "NOTE: missing system packages:$$missing"; \
+	  echo "      install them with:  sudo apt-get install -y$$missing"; \
+	fi
+
+test: install sysdeps
+	$(PY) -m pytest -q
+
+up: install
+	$(MOCO) up
+
+down: install
+	$(MOCO) down
+
+demo: install sysdeps
+	$(MOCO) up
+	@if $(MOCO) demo --help >/dev/null 2>&1; then \
+	  eval "$$($(MOCO) env)" && $(MOCO) demo; \
+	else \
+	  echo "the stack is up, but this checkout has no 'mocopipe demo' yet (training not merged)"; \
+	  exit 1; \
+	fi
+
+bench: install
+	$(MOCO) up
+	eval "$$($(MOCO) env)" && $(MOCO) bench ingest && $(MOCO) bench train
+
+clean:
+	-$(MOCO) down
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,123 @@
+"""Raw samples of a reader's slices, straight from the tars: no decoding here.
+
+`read_slices` streams each slice's shard through a `ReadAheadStream`, iterates the tar
+members (`pipeline.ingest.tario`, webdataset's key rules), groups members by key into
+samples and yields exactly one `RawSample` per *needed* sample id, in reading order:
+
+- members of samples that are not needed (already emitted before a resume, or outside the
+  slice) are skipped without copying their data (the header is parsed, the bytes pass);
+- once the last needed member of a slice is read, the stream is closed (the rest of the
+  shard is never downloaded);
+- a needed sample that never shows up (tar truncated or garbled, shard shorter than the
+  manifest says) is yielded with ``files=None`` and a ``reason``: the reader counts it as
+  corrupt. A network failure that survives the stream's retries is raised (`StreamError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from webdataset.tariterators import base_plus_ext
+
+from pipeline.ingest.stream import ReadAheadStream
+from pipeline.ingest.tario import TarFormatError, iter_members
+from pipeline.shards.plan import ShardSlice
+from pipeline.storage import Storage, join
+
+
+@dataclass
+class RawSample:
+    """One sample's tar members, ``{"jpg": b"...", "cls": b"3"}``; ``files=None`` if unreadable."""
+
+    shard: str
+    member: int
+    files: dict[str, bytes] | None
+    reason: str = ""
+    key: str = ""  # the tar key (member names without extension)
+
+
+@dataclass
+class StreamStats:
+    """Network counters of every stream a source opened (bytes delivered, resumptions)."""
+
+    bytes_read: int = 0
+    retries: int = 0
+    open_streams: list[ReadAheadStream] = field(default_factory=list)
+
+    def snapshot(self) -> tuple[int, int]:
+        """(bytes, retries) so far, including streams still open."""
+        return (self.bytes_read + sum(s.bytes_read for s in self.open_streams),
+                self.retries + sum(s.retries for s in self.open_streams))
+
+
+@dataclass
+class _Cursor:
+    key: str | None = None
+    index: int = -1
+
+
+def read_slices(storage: Storage, dataset_uri: str, slices: Iterable[ShardSlice],
+                needed: set[tuple[str, int]], stats: StreamStats, *,
+                read_ahead_bytes: int, max_retries: int, backoff_s: float,
+                chunk_bytes: int = 2**20) -> Iterator[RawSample]:
+    """Yield a `RawSample` for every id in ``needed`` that falls in ``slices``, in tar order."""
+    for sl in slices:
+        want = sorted(m for m in range(sl.start, sl.stop) if (sl.shard, m) in needed)
+        if not want:
+            continue
+        stream = ReadAheadStream(storage, join(dataset_uri, sl.shard),
+                                 read_ahead_bytes=read_ahead_bytes, chunk_bytes=chunk_bytes,
+                                 max_retries=max_retries, backoff_s=backoff_s)
+        stats.open_streams.append(stream)
+        try:
+            yield from _read_one(stream, sl.shard, want)
+        finally:
+            stream.close()
+            stats.open_streams.remove(stream)
+            stats.bytes_read += stream.bytes_read
+            stats.retries += stream.retries
+
+
+def _read_one(stream: ReadAheadStream, shard: str, want: list[int]) -> Iterator[RawSample]:
+    """The needed members ``want`` (sorted indices) of one shard's tar stream.
+
+    Samples are runs of consecutive members sharing a key (webdataset's `base_plus_ext`);
+    the i-th run is member index i. Reading stops once the run of index ``want[-1]`` ends.
+    A sample whose run was cut short by a format error is reported as unreadable.
+    """
+    wanted, last = set(want), want[-1]
+    cur = _Cursor()
+
+    def select(fname: str) -> bool:
+        key, _ = base_plus_ext(fname)
+        if key is not None and key != cur.key:
+            cur.key, cur.index = key, cur.index + 1
+        return key is not None and cur.index in wanted
+
+    group: dict[str, bytes] = {}
+    group_index, group_key = -1, ""
+    emitted: set[int] = set()
+    failure = ""
+    try:
+        for fname, data in iter_members(stream, select):
+            if cur.index > last:
+                break
+            if cur.index != group_index and group:
+                emitted.add(group_index)
+                yield RawSample(shard, group_index, group, key=group_key)
+                group = {}
+            if data is None:
+                continue
+            group_index, group_key = cur.index, cur.key or ""
+            _, ext = base_plus_ext(fname)
+            group[ext.lower()] = data
+    except TarFormatError as exc:
+        failure = f"unreadable tar ({exc})"
+        group = {}  # the sample being read may be incomplete
+    if group:
+        emitted.add(group_index)
+        yield RawSample(shard, group_index, group, key=group_key)
+    for m in want:
+        if m not in emitted:
+            yield RawSample(shard, m, None, failure or "sample missing from the tar")

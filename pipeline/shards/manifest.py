@@ -1,0 +1,165 @@
+"""The dataset manifest: the only list of shards readers trust.
+
+Layout: ``DATASET/shard-000000.tar ...`` + ``DATASET/manifest.json``. The writer uploads
+every shard first and writes the manifest last (atomically), so a crash never exposes a
+partial shard. `Manifest.sha256` (of `to_json()`) is the MLflow tag ``mocopipe.manifest_sha``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.storage import ObjectNotFound, Storage, join
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_KEY = re.compile(r"^shard-(\d{6,})\.tar$")
+
+
+class ManifestError(ValueError):
+    """A missing, unreadable or inconsistent manifest; the message names the dataset."""
+
+
+def utc_now() -> str:
+    """Current time as ISO-8601 UTC with microseconds, e.g. ``2026-11-27T21:55:22.123456Z``
+    (fixed width, so later times also sort later as strings)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def shard_key(index: int) -> str:
+    """``3 -> "shard-000003.tar"``."""
+    return f"shard-{index:06d}.tar"
+
+
+@dataclass
+class ShardInfo:
+    key: str  # "shard-000000.tar", relative to the dataset
+    samples: int
+    bytes: int
+    sha256: str
+    added_at: str  # ISO-8601 UTC
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    dataset: str
+    shards: list[ShardInfo]
+    total_samples: int
+    total_bytes: int
+    labelled: bool
+    classes: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"input": ..., "reason": ...}
+    created_at: str = ""
+    updated_at: str = ""
+
+    def to_json(self) -> str:
+        """Stable JSON (fixed field order, 2-space indent, trailing newline)."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "manifest") -> Manifest:
+        """Parse and validate. Raises ManifestError naming `source` and the bad field."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{source}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ManifestError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(f"{source}: format_version {version!r} is not supported "
+                                f"(this mocopipe reads version {FORMAT_VERSION})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(raw) - {"skipped", "created_at", "updated_at"})
+        if missing:
+            raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ManifestError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        shards = raw["shards"]
+        if not isinstance(shards, list):
+            raise ManifestError(f"{source}: shards must be a list")
+        infos = [_shard_info(s, f"{source}: shards[{i}]") for i, s in enumerate(shards)]
+        manifest = cls(**{**raw, "shards": infos})
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = "manifest") -> None:
+        """Totals match the shard list, keys unique, classes present iff labelled."""
+        keys = [s.key for s in self.shards]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise ManifestError(f"{source}: duplicate shard key(s) {', '.join(dup)}")
+        total = sum(s.samples for s in self.shards)
+        if total != self.total_samples:
+            raise ManifestError(f"{source}: total_samples {self.total_samples} != sum of shard "
+                                f"samples {total}")
+        size = sum(s.bytes for s in self.shards)
+        if size != self.total_bytes:
+            raise ManifestError(f"{source}: total_bytes {self.total_bytes} != sum of shard "
+                                f"bytes {size}")
+        if not isinstance(self.labelled, bool):
+            raise ManifestError(f"{source}: labelled must be true or false")
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise ManifestError(f"{source}: classes must be a list of strings")
+        if self.labelled and not self.classes:
+            raise ManifestError(f"{source}: labelled dataset without classes")
+
+    @property
+    def sha256(self) -> str:
+        """sha256 hex digest of `to_json()` (the run tag ``mocopipe.manifest_sha``)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def shard_counts(self) -> list[tuple[str, int]]:
+        """``[(shard key, samples)]`` in manifest order (the epoch plan's input)."""
+        return [(s.key, s.samples) for s in self.shards]
+
+    def next_shard_index(self) -> int:
+        """One past the highest ``shard-NNNNNN.tar`` index (0 for an empty dataset)."""
+        indices = [int(m.group(1)) for s in self.shards if (m := SHARD_KEY.match(s.key))]
+        return max(indices, default=-1) + 1
+
+
+def _shard_info(raw: Any, where: str) -> ShardInfo:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: expected an object")
+    spec = {"key": str, "samples": int, "bytes": int, "sha256": str, "added_at": str}
+    if set(raw) != set(spec):
+        raise ManifestError(f"{where}: expected fields {', '.join(spec)}, got {', '.join(raw)}")
+    for name, tp in spec.items():
+        if not isinstance(raw[name], tp) or isinstance(raw[name], bool):
+            raise ManifestError(f"{where}.{name}: {raw[name]!r} is not a {tp.__name__}")
+    info = ShardInfo(**raw)
+    if "/" in info.key or not info.key.endswith(".tar"):
+        raise ManifestError(f"{where}.key: {info.key!r} must be a file name ending in .tar")
+    if info.samples < 0 or info.bytes < 0:
+        raise ManifestError(f"{where}: negative samples/bytes")
+    if not re.fullmatch(r"[0-9a-f]{64}", info.sha256):
+        raise ManifestError(f"{where}.sha256: {info.sha256!r} is not a sha256 hex digest")
+    return info
+
+
+def read_manifest(storage: Storage, dataset_uri: str) -> Manifest:
+    """Read ``DATASET/manifest.json``; ManifestError when it is missing or invalid."""
+    uri = join(dataset_uri, MANIFEST_NAME)
+    try:
+        text = storage.get_bytes(uri).decode("utf-8")
+    except ObjectNotFound as exc:
+        raise ManifestError(f"{dataset_uri}: no {MANIFEST_NAME} (not a mocopipe dataset, or "
+                            f"`mocopipe shards write` has not finished)") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{uri}: not UTF-8 text") from exc
+    return Manifest.from_json(text, source=uri)
+
+
+def write_manifest(storage: Storage, dataset_uri: str, manifest: Manifest) -> None:
+    """Validate, then write ``DATASET/manifest.json`` atomically (one PUT / os.replace)."""
+    manifest.validate(join(dataset_uri, MANIFEST_NAME))
+    storage.put_bytes(join(dataset_uri, MANIFEST_NAME), manifest.to_json().encode("utf-8"))

@@ -1,0 +1,250 @@
+"""Checkpoint manager: atomic, pruned checkpoints stored as artifacts of the run's MLflow run.
+
+Layout (artifact paths, relative to the run's artifact root, never local `pathlib` paths):
+
+    checkpoints/step-0000100/state.pt     model (incl. key encoder, queue, ptr), optimizer, ...
+    checkpoints/step-0000100/ranks.pt     per-rank data cursor and RNG states
+    checkpoints/step-0000100/COMPLETE     JSON {step, files: {name: {sha256, bytes}}}: LAST
+
+A checkpoint is complete only when its `COMPLETE` marker exists; `load` never reads an
+incomplete one and checks every file's sha256 against the marker. The last `keep` complete
+checkpoints are kept; older ones (and crash leftovers) are deleted through the artifact
+repository (`delete_artifacts`, which the MLflow server's proxied-artifact API serves as a
+DELETE on the object-store prefix).
+
+Uploads run on a background thread (training continues while the server is slow or briefly
+down); at most one upload is in flight, `save` waits for the previous one. The narrow API:
+`load(step=-1)`, `save(step, files, last=False)`, `close()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ROOT = "checkpoints"
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the artifact path."""
+
+
+class _FileInfo(Protocol):
+    path: str
+    is_dir: bool
+
+
+class ArtifactRepo(Protocol):
+    """The subset of `mlflow.store.artifact.artifact_repo.ArtifactRepository` used here."""
+
+    def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None: ...
+    def list_artifacts(self, path: str | None = None) -> list[Any]: ...
+    def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str: ...
+    def delete_artifacts(self, artifact_path: str | None = None) -> None: ...
+
+
+def mlflow_repo(run_id: str, tracking_uri: str) -> ArtifactRepo:
+    """The artifact repository of an MLflow run (proxied `mlflow-artifacts:` on a server)."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    return get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
+
+
+def step_dir(step: int) -> str:
+    return posixpath.join(ROOT, f"step-{step:07d}")
+
+
+def pack(obj: Any) -> bytes:
+    """torch.save `obj` (tensors, dicts, lists, numbers, strings) to bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> Any:
+    """Inverse of `pack`, with `weights_only=True` (no arbitrary pickles are executed)."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class CheckpointManager:
+    """Write, find, load and prune checkpoints of one run (see the module docstring).
+
+    repo: the run's artifact repository. every_steps: `should_save` cadence. keep: complete
+    checkpoints kept. before_commit(step): called after the files are uploaded and before the
+    marker (the train loop flushes the metrics up to `step` there, so a resumed run never
+    misses a logged step). async_upload: upload on a background thread.
+    """
+
+    def __init__(self, repo: ArtifactRepo, *, every_steps: int, keep: int,
+                 before_commit: Callable[[int], None] | None = None,
+                 async_upload: bool = True) -> None:
+        if every_steps < 1:
+            raise ValueError(f"every_steps: {every_steps} must be >= 1")
+        if keep < 1:
+            raise ValueError(f"keep: {keep} must be >= 1")
+        self.repo, self.every_steps, self.keep = repo, every_steps, keep
+        self._before_commit = before_commit
+        self._async = async_upload
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.saved_steps: list[int] = []
+
+    # ------------------------------------------------------------------ finding and loading
+
+    def should_save(self, step: int) -> bool:
+        return step > 0 and step % self.every_steps == 0
+
+    def _dirs(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for info in self.repo.list_artifacts(ROOT) or []:
+            name = posixpath.basename(info.path.rstrip("/"))
+            m = _STEP_DIR.match(name)
+            if info.is_dir and m:
+                out[int(m.group(1))] = posixpath.join(ROOT, name)
+        return out
+
+    def _is_complete(self, path: str) -> bool:
+        names = {posixpath.basename(i.path) for i in self.repo.list_artifacts(path) or []}
+        return MARKER in names
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, ascending."""
+        return sorted(s for s, p in self._dirs().items() if self._is_complete(p))
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None (checks newest first)."""
+        for s, p in sorted(self._dirs().items(), reverse=True):
+            if self._is_complete(p):
+                return s
+        return None
+
+    def load(self, step: int = -1, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
+        """Raw bytes of the files of checkpoint `step` (-1 = the latest complete one).
+
+        names: the files to fetch (default: all in the marker). Each is checked against the
+        marker's sha256. Raises CheckpointError when there is no such complete checkpoint.
+        """
+        if step == -1:
+            latest = self.latest_step()
+            if latest is None:
+                raise CheckpointError(f"{ROOT}/: no complete checkpoint in this run")
+            step = latest
+        path = step_dir(step)
+        with tempfile.TemporaryDirectory(prefix="mocopipe-ckpt-") as tmp:
+            try:
+                marker_file = self.repo.download_artifacts(posixpath.join(path, MARKER), tmp)
+            except Exception as exc:  # noqa: BLE001 - missing marker = incomplete
+                raise CheckpointError(f"{path}: not a complete checkpoint ({exc})") from exc
+            with open(marker_file, encoding="utf-8") as fh:
+                marker = json.load(fh)
+            out: dict[str, bytes] = {}
+            for name in names or tuple(marker["files"]):
+                if name not in marker["files"]:
+                    raise CheckpointError(f"{path}: has no file {name!r}")
+                local = self.repo.download_artifacts(posixpath.join(path, name), tmp)
+                with open(local, "rb") as fh:
+                    data = fh.read()
+                want = marker["files"][name]["sha256"]
+                if hashlib.sha256(data).hexdigest() != want:
+                    raise CheckpointError(f"{path}/{name}: sha256 mismatch (corrupt upload)")
+                out[name] = data
+        return out
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, step: int, files: Mapping[str, bytes], *, last: bool = False) -> None:
+        """Write checkpoint `step` (`files`: name -> bytes). `last=True` blocks until it is
+        committed and raises CheckpointError if it failed; otherwise the upload runs in the
+        background after the previous one finished."""
+        if not files or MARKER in files:
+            raise ValueError(f"files: expected a non-empty mapping without {MARKER!r}")
+        self.wait(raise_error=False)
+        tmp = tempfile.mkdtemp(prefix="mocopipe-ckpt-")
+        try:
+            for name, data in files.items():
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(data)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        marker = {"step": step, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
+                            for n, d in files.items()}}
+        if self._async and not last:
+            self._thread = threading.Thread(target=self._upload, args=(step, tmp, marker),
+                                            name=f"ckpt-upload-{step}", daemon=True)
+            self._thread.start()
+        else:
+            self._upload(step, tmp, marker)
+            self.wait(raise_error=True)
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the in-flight upload is done; re-raise its error if `raise_error`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            if raise_error:
+                raise CheckpointError(f"checkpoint upload failed: {err}") from err
+            log.error("checkpoint upload failed (the next checkpoint will retry): %s", err)
+
+    def close(self) -> None:
+        """Finish the in-flight upload (raising its error)."""
+        self.wait(raise_error=True)
+
+    def _upload(self, step: int, tmp: str, marker: dict[str, Any]) -> None:
+        path = step_dir(step)
+        try:
+            for name in marker["files"]:
+                self.repo.log_artifact(os.path.join(tmp, name), path)
+            if self._before_commit is not None:
+                self._before_commit(step)
+            marker_file = os.path.join(tmp, MARKER)
+            with open(marker_file, "w", encoding="utf-8") as fh:
+                json.dump(marker, fh)
+            self.repo.log_artifact(marker_file, path)  # the commit point: uploaded LAST
+            self.saved_steps.append(step)
+            log.info("checkpoint: committed %s", path)
+            self._prune()
+        except BaseException as exc:  # noqa: BLE001 - reported by wait()
+            self._error = exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _prune(self) -> None:
+        """Delete all but the newest `keep` complete checkpoints, and incomplete leftovers
+        older than the newest complete one. Marker first, so a half-deleted checkpoint is
+        never taken for a complete one."""
+        dirs = self._dirs()
+        complete = [s for s in sorted(dirs) if self._is_complete(dirs[s])]
+        if not complete:
+            return
+        kept = set(complete[-self.keep:])
+        newest = complete[-1]
+        for s, p in sorted(dirs.items()):
+            if s in kept or s > newest:
+                continue
+            if s in complete:
+                self.repo.delete_artifacts(posixpath.join(p, MARKER))
+            self.repo.delete_artifacts(p)
+            log.info("checkpoint: deleted %s", p)

@@ -1,0 +1,69 @@
+"""End-of-run outputs on rank 0: encoder.safetensors, the view-pair grid, the registered model.
+
+`encoder.safetensors` holds the query backbone's state_dict with its own keys (for the
+ResNets exactly torchvision's, minus `fc.*`): `torchvision.models.resnet50().load_state_dict(
+load_file(path), strict=False)` loads it. The registered model is the same backbone, logged
+with `mlflow.pytorch.log_model` and tagged with the final kNN accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.tracking import RunRef, client_for, log_encoder
+
+log = logging.getLogger(__name__)
+
+
+def save_encoder_safetensors(backbone: nn.Module, path: str) -> str:
+    """Write the backbone's state_dict (CPU, contiguous, float32 params) to `path`."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in
+               backbone.state_dict().items()}
+    save_file(tensors, path, metadata={"format": "pt", "producer": "mocopipe"})
+    return path
+
+
+def view_pairs_png(view1: torch.Tensor, view2: torch.Tensor, path: str) -> str:
+    """PNG grid of augmented view pairs ((B, C, H, W) uint8 reader views)."""
+    from pipeline.plots import view_pairs_grid
+
+    return view_pairs_grid(view1, view2, path, n=min(16, view1.shape[0]))
+
+
+def export_run(run: RunRef, backbone: nn.Module, *, registered_model: str,
+               knn_top1: float | None, views: tuple[torch.Tensor, torch.Tensor] | None,
+               final_step: int) -> tuple[str, str]:
+    """Log encoder.safetensors and plots/view_pairs.png, then log + register the backbone.
+
+    Returns (registered model name, version).
+    """
+    client = client_for(run.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mocopipe-export-") as tmp:
+        st = save_encoder_safetensors(backbone, os.path.join(tmp, "encoder.safetensors"))
+        client.log_artifact(run.run_id, st)
+        if views is not None:
+            try:
+                png = view_pairs_png(views[0], views[1], os.path.join(tmp, "view_pairs.png"))
+                client.log_artifact(run.run_id, png, artifact_path="plots")
+            except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
+                log.warning("view-pair grid not written: %s", exc)
+    tags: dict[str, Any] = {"mocopipe.run_id": run.run_id, "mocopipe.step": final_step}
+    if knn_top1 is not None:
+        tags["knn_top1"] = f"{knn_top1:.4f}"
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        name, version = log_encoder(run, backbone, registered_model=registered_model, tags=tags)
+    finally:
+        backbone.train(was_training)
+    client.set_tag(run.run_id, "mocopipe.registered_model", name)
+    client.set_tag(run.run_id, "mocopipe.registered_version", version)
+    return name, version

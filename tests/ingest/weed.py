@@ -1,0 +1,88 @@
+"""A private SeaweedFS (`weed mini`) that a fault test may kill and restart by PID.
+
+Started with the same command line as the local stack (`pipeline.stack._weed_cmd`), on its
+own loopback ports and data dir; a restart reuses both, so the objects survive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from pipeline import stack
+from pipeline.procs import ProcRef, pick_ports, spawn, stop, wait_until
+
+_WEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
+               "filer_grpc", "admin", "admin_grpc")
+
+
+class PrivateWeed:
+    """One `weed mini` with bucket ``corpus``; credentials are fixed test values."""
+
+    access_key = "INGESTTESTKEY"
+    secret_key = "ingest-test-secret-0123456789"
+
+    def __init__(self, state_dir: Path) -> None:
+        ports = dict(zip(_WEED_PORTS, pick_ports(len(_WEED_PORTS))))
+        self.state = stack.StackState(state_dir=str(state_dir), ports=ports, ray_temp_dir="",
+                                      buckets=["corpus"])
+        self.log = state_dir / "weed.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.state.s3_endpoint
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        env = {**os.environ, **self.env}
+        self.proc = spawn(stack._weed_cmd(self.state), env=env, log_path=self.log,
+                          cwd=Path(self.state.state_dir))
+        wait_until(self._ready, what=f"private SeaweedFS at {self.endpoint}",
+                   timeout_s=timeout_s, log_path=self.log, proc=self.proc)
+
+    def _ready(self) -> bool:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                              aws_access_key_id=self.access_key,
+                              aws_secret_access_key=self.secret_key,
+                              config=Config(connect_timeout=1, read_timeout=3,
+                                            retries={"max_attempts": 1}))
+        names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if "corpus" not in names:
+            client.create_bucket(Bucket="corpus")
+        client.put_object(Bucket="corpus", Key=".probe", Body=b"ok")
+        return client.get_object(Bucket="corpus", Key=".probe")["Body"].read() == b"ok"
+
+    def kill(self) -> None:
+        """SIGKILL the server and its children (no clean shutdown), by PID."""
+        if self.proc is None:
+            return
+        refs = [ProcRef.of(self.proc.pid)]
+        try:
+            import psutil
+
+            refs += [ProcRef.of(c.pid) for c in psutil.Process(self.proc.pid).children(True)]
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        for ref in refs:
+            try:
+                os.kill(ref.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop([ProcRef.of(self.proc.pid)])
+            self.proc.wait(timeout=10)
+            self.proc = None

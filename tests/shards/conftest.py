@@ -1,0 +1,29 @@
+"""Fixtures for the shards tests: tiny labelled JPEG folders (32x32, a few dozen images)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.shards.synthetic import write_jpeg_folder
+
+
+def read_folder(folder: str | Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under `folder`."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+@pytest.fixture
+def jpeg_folder(tmp_path: Path) -> Path:
+    """24 JPEGs of 32x32 in class_00 .. class_02 (8 each)."""
+    folder = tmp_path / "src"
+    write_jpeg_folder(str(folder), 24, width=32, height=32, classes=3, seed=1)
+    return folder

@@ -1,0 +1,66 @@
+"""Manifest JSON round trip and validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.shards.manifest import (FORMAT_VERSION, Manifest, ManifestError, ShardInfo,
+                                      read_manifest, shard_key, write_manifest)
+from pipeline.storage import Storage
+
+pytestmark = pytest.mark.unit
+
+
+def _manifest() -> Manifest:
+    shards = [ShardInfo(shard_key(i), 10 + i, 1000 * (i + 1), f"{i:064x}",
+                        f"2026-01-0{i + 1}T00:00:00.000000Z") for i in range(3)]
+    return Manifest(format_version=FORMAT_VERSION, dataset="d", shards=shards,
+                    total_samples=33, total_bytes=6000, labelled=True, classes=["a", "b"],
+                    skipped=[{"input": "x.txt", "reason": "unsupported extension .txt"}],
+                    created_at="2026-01-01T00:00:00.000000Z",
+                    updated_at="2026-01-03T00:00:00.000000Z")
+
+
+def test_round_trip_and_sha(tmp_path: Path) -> None:
+    m = _manifest()
+    back = Manifest.from_json(m.to_json())
+    assert back == m
+    assert back.sha256 == m.sha256 and len(m.sha256) == 64
+    assert m.shard_counts() == [("shard-000000.tar", 10), ("shard-000001.tar", 11),
+                                ("shard-000002.tar", 12)]
+    assert m.next_shard_index() == 3
+    write_manifest(Storage(), str(tmp_path / "ds"), m)
+    assert read_manifest(Storage(), str(tmp_path / "ds")) == m
+    m.shards[0].samples += 1
+    m.total_samples += 1
+    assert m.sha256 != back.sha256
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format_version=2), "format_version 2"),
+    (lambda d: d.update(total_samples=34), "total_samples 34"),
+    (lambda d: d.update(total_bytes=1), "total_bytes 1"),
+    (lambda d: d["shards"][1].update(key="shard-000000.tar"), "duplicate shard key"),
+    (lambda d: d["shards"][0].update(sha256="xyz"), "is not a sha256"),
+    (lambda d: d["shards"][0].update(samples="10"), "samples"),
+    (lambda d: d["shards"][0].update(key="a/b.tar"), "must be a file name"),
+    (lambda d: d.pop("classes"), "missing field"),
+    (lambda d: d.update(extra=1), "unknown field"),
+    (lambda d: d.update(classes=[]), "labelled dataset without classes"),
+])
+def test_invalid_manifests_are_rejected(edit, message: str) -> None:
+    raw = json.loads(_manifest().to_json())
+    edit(raw)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json(json.dumps(raw))
+
+
+def test_missing_and_garbled(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        read_manifest(Storage(), str(tmp_path))
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        read_manifest(Storage(), str(tmp_path))

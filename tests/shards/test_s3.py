@@ -1,0 +1,151 @@
+"""Storage and shards against the real SeaweedFS S3 of the session stack."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webdataset as wds
+
+from pipeline.cli import main
+from pipeline.config import StorageConfig
+from pipeline.shards.check import check_dataset
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.writer import write_shards
+from pipeline.storage import ObjectNotFound, Storage, StorageError
+from tests.shards.conftest import read_folder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return f"s3://corpus/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+class FlakyStorage(Storage):
+    """Counts uploads; raises an injected crash on upload number `fail_at` (1-based)."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        super().__init__()
+        self.fail_at, self.puts = fail_at, 0
+
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+        self.puts += 1
+        if self.puts == self.fail_at:
+            raise RuntimeError("injected crash")
+        super().put_file(uri, path, metadata)
+
+
+def read_back(storage: Storage, dest: str) -> list[dict[str, Any]]:
+    """All samples via webdataset's tar iteration over bytes fetched with Storage."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    out = []
+    for shard in read_manifest(storage, dest).shards:
+        body, _ = storage.get_stream(f"{dest}/{shard.key}")
+        try:
+            out += list(group_by_keys(tar_file_expander([{"stream": body, "url": shard.key}])))
+        finally:
+            body.close()
+    return out
+
+
+def test_storage_api(storage: Storage, prefix: str, tmp_path: Path) -> None:
+    uri = f"{prefix}/a.bin"
+    storage.check_access(prefix)
+    storage.put_bytes(uri, b"0123456789")
+    assert storage.get_bytes(uri, 2, 5) == b"234" and storage.get_bytes(uri, 7) == b"789"
+    body, total = storage.get_stream(uri, 4)
+    assert (body.read(3), body.read(), total) == (b"456", b"789", 10)
+    body.close()
+    body, total = storage.get_stream(uri, 10)
+    assert (body.read(), total) == (b"", 10)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(6 * 2**20 + 5))  # > threshold: multipart, 2 parts of 5 MB
+    multi = Storage(StorageConfig(multipart_threshold_mb=1, multipart_chunk_mb=5))
+    multi.put_file(f"{prefix}/big", str(big), {"sha256": "abc"})
+    assert storage.get_bytes(f"{prefix}/big") == big.read_bytes()
+    assert storage.metadata(f"{prefix}/big") == {"sha256": "abc"}
+    assert storage.list(prefix) == [uri, f"{prefix}/big"]
+    assert storage.list(prefix + "-other") == []
+    storage.delete(uri)
+    assert not storage.exists(uri) and storage.size(uri) is None
+    with pytest.raises(ObjectNotFound, match="a.bin"):
+        storage.get_bytes(uri)
+
+
+def test_round_trip_check_and_corruption(storage: Storage, prefix: str, jpeg_folder: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    dest = f"{prefix}/ds"
+    m = write_shards(str(jpeg_folder), dest, storage=storage, shard_size_bytes=6000,
+                     labels="folders", workers=2, progress=False)
+    inputs = read_folder(jpeg_folder)
+    by_key = {k.replace("/", "_").rsplit(".", 1)[0]: (k, v) for k, v in inputs.items()}
+    samples = read_back(storage, dest)
+    assert len(samples) == len(inputs) == m.total_samples == 24
+    for s in samples:
+        rel, data = by_key[s["__key__"]]
+        assert s["jpg"] == data and m.classes[int(s["cls"])] == rel.split("/")[0]
+    assert check_dataset(storage, dest, deep=True).ok
+    assert main(["shards", "check", dest, "--deep"]) == 0
+    first = m.shards[0]
+    raw = storage.get_bytes(f"{dest}/{first.key}")
+    storage.put_bytes(f"{dest}/{first.key}", raw[:-1024] + b"\x01" * 1024)
+    kinds = {(p.shard, p.kind) for p in check_dataset(storage, dest).problems}
+    assert kinds == {(first.key, "sha256")}
+    capsys.readouterr()
+    assert main(["shards", "check", dest]) == 1
+    assert first.key in capsys.readouterr().out
+
+
+def test_s3_source_resume_and_append(storage: Storage, prefix: str, jpeg_folder: Path) -> None:
+    src = f"{prefix}/src"
+    for rel, data in read_folder(jpeg_folder).items():
+        storage.put_bytes(f"{src}/{rel}", data)
+    storage.put_bytes(f"{src}/class_00/readme.txt", b"hello")
+    dest = f"{prefix}/ds"
+    crashing = FlakyStorage(fail_at=3)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        write_shards(src, dest, storage=crashing, samples_per_shard=4, workers=1,
+                     progress=False)
+    assert storage.list(dest) == [f"{dest}/shard-00000{i}.tar" for i in range(2)]
+    counting = FlakyStorage()
+    m = write_shards(src, dest, storage=counting, samples_per_shard=4, workers=2,
+                     progress=False)
+    assert counting.puts == 4 and len(m.shards) == 6 and m.total_samples == 24
+    assert [s["input"] for s in m.skipped] == [f"{src}/class_00/readme.txt"]
+    keys = [s["__key__"] for s in read_back(storage, dest)]
+    assert len(set(keys)) == 24
+    with pytest.raises(ValueError, match="labelled"):
+        write_shards("fashion-mnist:test", dest, storage=storage, max_samples=10,
+                     append=True, labels="none", progress=False)
+    extra = f"{prefix}/extra"
+    storage.put_bytes(f"{extra}/class_01/new.jpg", read_folder(jpeg_folder)[
+        "class_01/img_00001.jpg"])
+    storage.put_bytes(f"{extra}/class_09/new.jpg", read_folder(jpeg_folder)[
+        "class_02/img_00002.jpg"])
+    app = write_shards(extra, dest, storage=storage, append=True, labels="folders",
+                       progress=False)
+    assert [s.key for s in app.shards] == [f"shard-00000{i}.tar" for i in range(7)]
+    assert app.shards[:6] == m.shards and app.shards[6].added_at > m.shards[5].added_at
+    assert app.classes == ["class_00", "class_01", "class_02", "class_09"]
+    assert check_dataset(storage, dest, deep=True).ok
+
+
+def test_bad_storage_fails_before_upload(stack: Any, prefix: str, jpeg_folder: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-x1' does not exist"):
+        write_shards(str(jpeg_folder), "s3://no-such-bucket-x1/ds", storage=Storage(),
+                     progress=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(StorageError, match="access to bucket 'corpus' denied"):
+        write_shards(str(jpeg_folder), f"{prefix}/ds", storage=Storage(), progress=False)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID is not set"):
+        write_shards(str(jpeg_folder), f"{prefix}/ds", storage=Storage(), progress=False)
+    monkeypatch.undo()
+    assert Storage().list(prefix) == []  # nothing was uploaded by any of them

@@ -1,0 +1,89 @@
+"""tracking.py without a server: async metric delivery across an outage, redaction, params."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from pipeline.tracking import (MetricLogger, TrackingError, log_params, redact, redact_map,
+                               resolve_tracking_uri, run_url)
+
+pytestmark = pytest.mark.unit
+
+
+class FlakyClient:
+    """Records log_batch calls; raises while `down` is set (a server outage)."""
+
+    def __init__(self) -> None:
+        self.down = threading.Event()
+        self.calls = 0
+        self.metrics: list[tuple[str, float, int]] = []
+        self.params: list[tuple[str, str]] = []
+
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        self.calls += 1
+        if self.down.is_set():
+            raise ConnectionError("connection refused")
+        assert len(metrics) <= 1000 and len(params) <= 100
+        self.metrics += [(m.key, m.value, m.step) for m in metrics]
+        self.params += [(p.key, p.value) for p in params]
+
+
+def test_metrics_survive_an_outage_in_order() -> None:
+    client = FlakyClient()
+    logger = MetricLogger(client, "r1", flush_every_s=0.05)  # type: ignore[arg-type]
+    logger.log({"loss": 1.0}, step=1)
+    assert logger.flush(timeout=10)
+    client.down.set()
+    for step in range(2, 1502):  # > one batch worth while the server is down
+        logger.log({"loss": float(step)}, step=step)
+    assert not logger.flush(timeout=0.5)  # cannot deliver yet
+    assert logger.errors >= 1 and "connection refused" in (logger.last_error or "")
+    client.down.clear()
+    assert logger.close(timeout=30)
+    steps = [s for _, _, s in client.metrics]
+    assert steps == list(range(1, 1502))  # nothing lost, nothing duplicated, in order
+
+
+def test_skip_through_drops_already_logged_steps() -> None:
+    client = FlakyClient()
+    logger = MetricLogger(client, "r1", flush_every_s=0.05,  # type: ignore[arg-type]
+                          skip_through={"loss": 20, "knn_top1": 10})
+    for step in (10, 20, 30):
+        logger.log({"loss": 0.5, "knn_top1": 0.1}, step=step)
+    assert logger.close(timeout=10)
+    assert sorted((k, s) for k, _, s in client.metrics) == [
+        ("knn_top1", 20), ("knn_top1", 30), ("loss", 30)]
+
+
+def test_flush_every_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="flush_every_s"):
+        MetricLogger(FlakyClient(), "r", flush_every_s=0)  # type: ignore[arg-type]
+
+
+def test_redact_replaces_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    assert redact("http://x?key=s3cr3t-value") == "http://x?key=***"
+    assert redact_map({"a": ["s3cr3t-value"], "b": 3}) == {"a": '["***"]', "b": "3"}
+
+
+def test_log_params_batches_and_skips_existing(caplog: pytest.LogCaptureFixture) -> None:
+    client = FlakyClient()
+    params = {f"p{i}": i for i in range(250)}
+    log_params(client, "r", params, existing={"p0": "0", "p1": "999"})  # type: ignore[arg-type]
+    assert len(client.params) == 248 and client.calls == 3
+    assert "p1" in caplog.text and "immutable" in caplog.text
+
+
+def test_tracking_uri_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config import MlflowConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(TrackingError, match="mlflow.tracking_uri"):
+        resolve_tracking_uri(MlflowConfig())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/")
+    assert resolve_tracking_uri(MlflowConfig()) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri(MlflowConfig(tracking_uri="http://h:1")) == "http://h:1"
+    assert run_url("http://h:1", "3", "abc") == "http://h:1/#/experiments/3/runs/abc"

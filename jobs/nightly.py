@@ -19,7 +19,8 @@ from pipeline.nightly_plan import parse_date
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jobs.nightly",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TOML config (a path inside the project)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")

@@ -1,6 +1,7 @@
 """Ray job entrypoint: one MoCo v2 pretraining run.
 
-    python -m jobs.pretrain --config jobs/configs/demo.toml [--set train.max_steps=20] [--resume RUN]
+    python -m jobs.pretrain --config jobs/configs/demo.toml [--set train.max_steps=20]
+                            [--resume RUN]
 
 Submitted by `mocopipe submit CONFIG`; also runs as is on any machine that reaches the
 cluster (RAY_ADDRESS) and the stores (AWS_* / MLFLOW_TRACKING_URI). The last line printed is
@@ -17,7 +18,8 @@ from pipeline.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jobs.pretrain",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TOML config (a path inside the project)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")

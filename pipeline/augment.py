@@ -4,7 +4,10 @@ CPU part (numpy / Pillow, runs in the reader actors, output uint8 so batches tra
 
 - `decode_image`: JPEG via simplejpeg (libjpeg-turbo) with DCT-domain downscaling, everything
   else (PNG, WebP, CMYK JPEGs, ...) via Pillow; HxWxC uint8 with C = ``channels``.
-- `two_views`: per view a RandomResizedCrop (torchvision's sampling) + horizontal flip.
+- `two_views`: per view a RandomResizedCrop (torchvision's sampling) + horizontal flip; the
+  crop+resize is torch's antialiased bilinear uint8 kernel (faster than Pillow here). Run it
+  with one torch thread per reader core (``torch.set_num_threads``): on a busy machine extra
+  OpenMP threads cost more CPU time than they save.
 - `eval_view`: resize the shorter side + center crop (evaluation, kNN monitor).
 
 Device part (torch, on the batch's device, per-sample parameters from a `torch.Generator`):
@@ -29,6 +32,8 @@ import math
 
 import numpy as np
 import simplejpeg
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.augment_batch import BatchAugment, normalize
@@ -46,7 +51,6 @@ __all__ = [
 
 JPEG_EXTS = frozenset({"jpg", "jpeg", "jpe", "jfif"})
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
-_RESAMPLE = Image.Resampling.BILINEAR  # torchvision's RandomResizedCrop default (antialiased in PIL)
 
 
 def decode_min_side(size: int, crop_scale_min: float) -> int:
@@ -98,7 +102,7 @@ def _pil_to_array(im: Image.Image, channels: int) -> np.ndarray:
     elif im.mode in ("P", "PA") and "transparency" in im.info:
         im = im.convert("RGBA")
     im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im)
+    arr = np.array(im)  # a writable copy, like simplejpeg's output
     return arr[:, :, None] if channels == 1 else arr
 
 
@@ -177,17 +181,27 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _to_pil(img: np.ndarray) -> Image.Image:
+def _as_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 array -> (1,C,H,W) uint8 tensor view (channels-last strides, no copy)."""
     if img.ndim != 3 or img.shape[2] not in (1, 3) or img.dtype != np.uint8:
         raise ValueError(f"expected an HxWxC uint8 image with C in (1, 3), got "
                          f"shape {img.shape} dtype {img.dtype}")
-    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    if not img.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        img = img.copy()
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
 
 
-def _chw(im: Image.Image, flip: bool) -> np.ndarray:
-    a = np.asarray(im)
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return np.ascontiguousarray(a[:, :, ::-1] if flip else a)
+def _resized_crop(t: torch.Tensor, top: int, left: int, h: int, w: int, size: int,
+                  flip: bool) -> np.ndarray:
+    """Crop (1,C,H,W) uint8 to the box, resize to size x size (antialiased bilinear), CHW uint8.
+
+    torch's uint8 channels-last antialiased bilinear kernel is ~1.5x faster than Pillow's
+    resize here and needs no Pillow image copy; only the box's pixels are used.
+    """
+    crop = t[:, :, top:top + h, left:left + w]
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                        align_corners=False)[0]
+    return (out.flip(-1) if flip else out).contiguous().numpy()
 
 
 def two_views(
@@ -204,27 +218,25 @@ def two_views(
     Returns:
         Two CxHxW uint8 arrays (C as the input, H = W = size).
     """
-    pil = _to_pil(img)
+    t = _as_tensor(img)
     height, width = img.shape[:2]
     views = []
     for _ in range(2):
         top, left, h, w = random_resized_crop_params(
             height, width, (cfg.crop_scale_min, cfg.crop_scale_max), rng
         )
-        crop = pil.resize((size, size), _RESAMPLE, box=(left, top, left + w, top + h))
-        views.append(_chw(crop, bool(rng.random() < cfg.flip_p)))
+        views.append(_resized_crop(t, top, left, h, w, size, bool(rng.random() < cfg.flip_p)))
     return views[0], views[1]
 
 
 def eval_view(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and center-crop size x size, in one resample.
+    """Resize the shorter side to ``size`` and center-crop size x size, in one resample
+    (the centered square is cropped first, then resized).
 
     Args:
         img: HxWxC uint8. Returns: CxHxW uint8, H = W = size.
     """
-    pil = _to_pil(img)
+    t = _as_tensor(img)
     height, width = img.shape[:2]
-    side = min(height, width)  # the centered square that the crop keeps, in source pixels
-    top, left = (height - side) / 2.0, (width - side) / 2.0
-    out = pil.resize((size, size), _RESAMPLE, box=(left, top, left + side, top + side))
-    return _chw(out, flip=False)
+    side = min(height, width)  # the centered square that the crop keeps
+    return _resized_crop(t, (height - side) // 2, (width - side) // 2, side, side, size, False)

@@ -101,23 +101,21 @@ def blur_kernel_size(height: int, width: int) -> int:
     return k if k % 2 else k + 1
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur; samples with ``apply`` False are left unchanged.
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample, reflect padding.
 
     Args:
-        x: (N,C,H,W) float. sigma: (N,) float. apply: (N,) bool.
+        x: (N,C,H,W) float. sigma: (N,) float > 0. Returns (N,C,H,W).
     """
     n, c, h, w = x.shape
     k = blur_kernel_size(h, w)
     pos = torch.arange(k, device=x.device, dtype=x.dtype) - (k // 2)
-    kern = torch.exp(-(pos.view(1, -1) ** 2) / (2.0 * sigma.view(-1, 1) ** 2))
-    kern = kern / kern.sum(1, keepdim=True)
-    delta = (pos == 0).to(x.dtype).expand(n, k)  # identity kernel for unblurred samples
-    kern = torch.where(apply.view(-1, 1), kern, delta)
-    kern = kern.repeat_interleave(c, dim=0)  # (N*C, k)
+    kern = torch.exp(-(pos.view(1, -1) ** 2) / (2.0 * sigma.view(-1, 1).to(x.dtype) ** 2))
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, k)
     pad = k // 2
     mode = "reflect" if pad < min(h, w) else "replicate"
     y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode=mode)
+    # grouped convs: every (sample, channel) plane gets its own 1-D kernel, rows then columns
     y = F.conv2d(y, kern.view(n * c, 1, k, 1), groups=n * c)
     y = F.conv2d(y, kern.view(n * c, 1, 1, k), groups=n * c)
     return y.view(n, c, h, w)
@@ -165,8 +163,9 @@ class BatchAugment:
         p = {k: v.to(x.device) for k, v in self.sample_params(x.shape[0], generator).items()}
         x = x.float().div_(255.0)
         ops = (_BRIGHTNESS, _CONTRAST) if self.channels == 1 else range(4)
-        # Per-sample random order: at position `pos`, each jittered sample gets op order[:, pos];
-        # only those samples are computed, so the others stay bit-identical.
+        # Per-sample random order: at position `pos`, each jittered sample gets op order[:, pos].
+        # Each op runs only on the samples that draw it (so the others stay bit-identical); the
+        # nonzero() calls are small host syncs on a GPU (at most 17 per batch).
         for pos in range(4):
             for op in ops:
                 idx = (p["jitter"] & (p["order"][:, pos] == op)).nonzero().squeeze(1)
@@ -174,7 +173,10 @@ class BatchAugment:
                     x[idx] = _adjust(x[idx], op, p["factors"][idx, op])
         if self.channels == 3:
             x = torch.where(p["gray"].view(-1, 1, 1, 1), _luma(x).expand_as(x), x)
-        return gaussian_blur(x, p["sigma"], p["blur"])
+        idx = p["blur"].nonzero().squeeze(1)
+        if idx.numel():
+            x[idx] = gaussian_blur(x[idx], p["sigma"][idx])
+        return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 (N,C,H,W) -> float32 (N,C,H,W), augmented and normalised."""

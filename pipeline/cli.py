@@ -313,7 +313,39 @@ def _add_bench_ingest(s: Any) -> None:
 
 
 def _add_bench_train(s: Any) -> None:
-    pass  # bench train (model engineer)
+    p = s.add_parser("train", help="img/s of MoCo steps for the configured encoder on this CPU, "
+                     "vs a supervised step of the same encoder measured in the same run")
+    _config_args(p, required=False)
+    p.add_argument("--batch", type=int, default=0,
+                   help="batch per step (default: train.per_worker_batch)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating baseline/MoCo rounds; the median is reported (default 3)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_bench_train)
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.model.bench import bench_train, format_report
+
+    cfg = load_config(args.config, args.overrides)
+    if args.threads < 0:
+        raise ConfigError(f"--threads: {args.threads} must be >= 0 (0 = torch's default)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench_train(cfg.model, cfg.moco, image_size=cfg.data.image_size,
+                             channels=cfg.data.channels,
+                             batch=args.batch or cfg.train.per_worker_batch, steps=args.steps,
+                             warmup=args.warmup, rounds=args.rounds, seed=cfg.train.seed)
+    except ValueError as exc:  # a bad flag/config combination: one line, exit 2
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
 
 
 # ----------------------------------------------------------------------------- jobs (submit/jobs/nightly/schedule)

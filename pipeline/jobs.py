@@ -121,19 +121,16 @@ def describe_runtime_env(runtime_env: dict[str, Any]) -> str:
 
 
 def _stack_token() -> str | None:
-    """The local stack's Ray token, when `pipeline.stack` knows one (None otherwise)."""
+    """The Ray token of the local stack in MOCOPIPE_STATE_DIR (default ./.mocopipe), if any."""
+    state_dir = os.environ.get("MOCOPIPE_STATE_DIR", ".mocopipe")
+    if not (Path(state_dir) / "stack.json").is_file():
+        return None
     try:
         from pipeline import stack
-    except ImportError:
+
+        return stack.info(state_dir).ray_token or None
+    except Exception:  # noqa: BLE001 - an unreadable stack state just means "no token here"
         return None
-    finder = getattr(stack, "ray_auth_token", None)
-    if finder is None:
-        return None
-    try:
-        token = finder()
-    except Exception:  # noqa: BLE001 - no stack state is not an error here
-        return None
-    return token or None
 
 
 def resolve_auth_token() -> tuple[str | None, str]:
@@ -177,7 +174,8 @@ def connect(address: str | None = None) -> JobSubmissionClient:
     """A JobSubmissionClient for `address` (dashboard URL, or a Ray address; None ->
     RAY_API_SERVER_ADDRESS / RAY_ADDRESS), sending the auth token when there is one."""
     token, _source = resolve_auth_token()
-    headers = {"authorization": f"Bearer {token}"} if token else None
+    # Always our own header: Ray would otherwise add a token it cached earlier in this process.
+    headers = {"authorization": f"Bearer {token}" if token else ""}
     shown = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     try:
         with _address_override(address):

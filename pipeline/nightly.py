@@ -88,7 +88,8 @@ def night_config(cfg: Config, date: str, keys: list[str], init_from: str) -> Con
     night.mlflow.experiment = name
     night.ray.run_name = date
     base = cfg.ray.storage_path or os.path.expanduser("~/ray_results")
-    night.ray.storage_path = f"{base.rstrip('/')}/{name}"  # runs of different configs never share a dir
+    # Ray Train run dirs are named by date: one folder per nightly config keeps them apart.
+    night.ray.storage_path = f"{base.rstrip('/')}/{name}"
     night.data.train_shards = list(keys)
     night.train.init_from = init_from
     validate(night)
@@ -115,7 +116,8 @@ def warm_start(client: Any, cfg: Config, previous: Any | None) -> str:
             return f"models:/{name}/{version}"
     if mode in ("champion", "checkpoint"):
         try:
-            return f"models:/{name}/{client.get_model_version_by_alias(name, cfg.nightly.alias).version}"
+            champion = client.get_model_version_by_alias(name, cfg.nightly.alias)
+            return f"models:/{name}/{champion.version}"
         except MlflowException:
             return ""  # no registered model or no alias yet: the first night starts fresh
     return ""
@@ -166,7 +168,8 @@ def knn_scorer(cfg: Config) -> ScoreFn:
     return score
 
 
-def _stored_selection(client: Any, run: Any) -> dict[str, Any] | None:
+def _stored_selection(run: Any) -> dict[str, Any] | None:
+    """The selection an earlier attempt of this night wrote, or None."""
     import mlflow.artifacts
 
     try:
@@ -176,13 +179,43 @@ def _stored_selection(client: Any, run: Any) -> dict[str, Any] | None:
     return json.loads(text)
 
 
-def run_nightly(cfg: Config, date: str, *, train: Callable[[Config], dict[str, Any]] | None = None,
-                score: ScoreFn | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One night of `cfg` (see the module docstring). Returns a JSON-able summary."""
+def _choose(client: Any, cfg: Config, exp_id: str, date: str,
+            run: Any | None) -> tuple[Selection, str, bool]:
+    """(selection, warm-start URI, whether it was stored by an earlier attempt)."""
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
-    from pipeline.tracking import (client_for, experiment_id_for, find_run, finish_run, open_run,
-                                   resolve_tracking_uri)
+
+    stored = _stored_selection(run) if run is not None else None
+    if stored is not None:
+        sel = Selection(tuple(stored["new"]), tuple(stored["replay"]), stored["older"],
+                        stored["cutoff"])
+        return sel, stored["init_from"], True
+    previous = last_good_night(client, exp_id, date)
+    since = previous.data.tags.get(plan.TAG_CUTOFF) if previous else None
+    manifest = read_manifest(Storage(cfg.storage), cfg.data.train)
+    sel = plan.select_shards(manifest.shards, since=since, seed=f"{cfg.train.name}/{date}",
+                             replay_fraction=cfg.nightly.replay_fraction)
+    return sel, warm_start(client, cfg, previous), False
+
+
+def _close(client: Any, run_id: str, state: str, decision: str, reason: str = "") -> None:
+    from pipeline.tracking import finish_run, set_tags
+
+    set_tags(client, run_id, {plan.TAG_STATE: state, plan.TAG_DECISION: decision,
+                              "mocopipe.nightly_reason": reason or decision})
+    finish_run(client, run_id, "FINISHED")
+
+
+def run_nightly(cfg: Config, date: str, *, train: Callable[[Config], dict[str, Any]] | None = None,
+                score: ScoreFn | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One night of `cfg` (see the module docstring). Returns a JSON-able summary.
+
+    `train` (default: Ray Train via `run_training`) and `score` (default: kNN on the
+    labelled eval set) can be replaced, e.g. by a test that checks the bookkeeping only.
+    """
+    from pipeline.tracking import client_for, experiment_id_for, find_run, open_run
+    from pipeline.tracking import resolve_tracking_uri
 
     if not cfg.data.eval_train:
         raise ConfigError("data.eval_train: nightly needs a labelled eval set (data.eval_train "
@@ -193,56 +226,47 @@ def run_nightly(cfg: Config, date: str, *, train: Callable[[Config], dict[str, A
     run = find_run(client, exp_id, date)
     out: dict[str, Any] = {"date": date, "experiment": exp_name}
     if run is not None and run.data.tags.get(plan.TAG_STATE) in plan.FINAL_STATES:
-        log(f"[nightly] {exp_name} {date}: already {run.data.tags[plan.TAG_STATE]} "
-            f"(run {run.info.run_id}); nothing to do")
-        return {**out, "state": "already-" + run.data.tags[plan.TAG_STATE], "run_id": run.info.run_id,
+        state = run.data.tags[plan.TAG_STATE]
+        log(f"[nightly] {exp_name} {date}: already {state} (run {run.info.run_id}); nothing to do")
+        return {**out, "state": f"already-{state}", "run_id": run.info.run_id,
                 "decision": run.data.tags.get(plan.TAG_DECISION)}
-    stored = _stored_selection(client, run) if run is not None else None
-    if stored is not None:
-        log(f"[nightly] {date}: resuming run {run.info.run_id} with its stored selection")
-        sel = Selection(tuple(stored["new"]), tuple(stored["replay"]), stored["older"], stored["cutoff"])
-        init_from = stored["init_from"]
-    else:
-        previous = last_good_night(client, exp_id, date)
-        since = previous.data.tags.get(plan.TAG_CUTOFF) if previous else None
-        manifest = read_manifest(Storage(cfg.storage), cfg.data.train)
-        sel = plan.select_shards(manifest.shards, since=since, seed=f"{cfg.train.name}/{date}",
-                                 replay_fraction=cfg.nightly.replay_fraction)
-        init_from = warm_start(client, cfg, previous)
-    out.update(new_shards=len(sel.new), replay_shards=len(sel.replay), warm_start=init_from or "none")
-    tags = {plan.TAG_DATE: date, plan.TAG_NEW: str(len(sel.new)), plan.TAG_REPLAY: str(len(sel.replay)),
-            plan.TAG_WARM: init_from or "none", plan.TAG_CUTOFF: sel.cutoff or ""}
+
+    sel, init_from, stored = _choose(client, cfg, exp_id, date, run)
+    out.update(new_shards=len(sel.new), replay_shards=len(sel.replay),
+               warm_start=init_from or "none")
+    tags = {plan.TAG_DATE: date, plan.TAG_NEW: str(len(sel.new)),
+            plan.TAG_REPLAY: str(len(sel.replay)), plan.TAG_WARM: init_from or "none",
+            plan.TAG_CUTOFF: sel.cutoff or ""}
     if not sel.new:
         night = open_run(night_config(cfg, date, [], init_from), run_name=date, tags=tags)
-        client.set_tag(night.run_id, plan.TAG_STATE, "skipped")
-        client.set_tag(night.run_id, plan.TAG_DECISION, "no-new-data")
-        finish_run(client, night.run_id, "FINISHED")
+        _close(client, night.run_id, "skipped", "no-new-data")
         log(f"[nightly] {date}: no shard newer than the last good night; skipped")
         return {**out, "state": "skipped", "run_id": night.run_id, "decision": "no-new-data"}
+
     ncfg = night_config(cfg, date, list(sel.keys), init_from)
     night = open_run(ncfg, run_name=date, tags={**tags, plan.TAG_STATE: "running"})
-    if stored is None:
-        client.log_text(night.run_id, json.dumps({"new": sel.new, "replay": sel.replay, "older": sel.older,
-                                                  "cutoff": sel.cutoff, "init_from": init_from}, indent=1),
-                        SELECTION_ARTIFACT)
+    if not stored:
+        record = {"new": sel.new, "replay": sel.replay, "older": sel.older,
+                  "cutoff": sel.cutoff, "init_from": init_from}
+        client.log_text(night.run_id, json.dumps(record, indent=1), SELECTION_ARTIFACT)
     log(f"[nightly] {date}: {len(sel.new)} new + {len(sel.replay)} replayed shards, warm start "
-        f"{init_from or 'none'}; run {night.run_id}")
+        f"{init_from or 'none'}; run {night.run_id}" + (" (resumed)" if stored else ""))
     version = client.get_run(night.run_id).data.tags.get("mocopipe.registered_version")
-    if version is None:  # not trained yet (or interrupted): train / resume the run
+    if version is None:  # not trained yet, or interrupted: train / resume the run
         if train is None:
             from pipeline.train.ray_trainer import run_training as train
-        version = train(ncfg)["model_version"]
+        version = train(ncfg).get("model_version")
+        if version is None:
+            raise RuntimeError(f"nightly {date}: training of run {night.run_id} registered no "
+                               "model version (was it stopped?); run the night again to resume")
     decision = promote_if_better(client, model_name(cfg), str(version), cfg.nightly.alias,
                                  score or knn_scorer(cfg))
     client.log_metric(night.run_id, "nightly_knn_top1", decision.new_score)
     if decision.champion_score is not None:
         client.log_metric(night.run_id, "champion_knn_top1", decision.champion_score)
-    client.set_tag(night.run_id, plan.TAG_DECISION, decision.tag)
-    client.set_tag(night.run_id, "mocopipe.nightly_reason", decision.reason)
-    client.set_tag(night.run_id, plan.TAG_STATE, "done")
-    finish_run(client, night.run_id, "FINISHED")
+    _close(client, night.run_id, "done", decision.tag, decision.reason)
     log(f"[nightly] {date}: version {version} kNN {decision.new_score:.4f} vs champion "
         f"{decision.champion_score}: {decision.tag} ({decision.reason})")
     return {**out, "state": "done", "run_id": night.run_id, "model_version": str(version),
-            "decision": decision.tag, "reason": decision.reason, "knn_top1": decision.new_score,
-            "champion_knn_top1": decision.champion_score}
+            "decision": decision.tag, "reason": decision.reason,
+            "knn_top1": decision.new_score, "champion_knn_top1": decision.champion_score}

@@ -57,7 +57,8 @@ def submission_id(name: str, date: str) -> str:
 def retry_submission_id(name: str, date: str, attempt: int) -> str:
     """Attempt N >= 2 of a night whose earlier attempt failed (Ray ids are single-use)."""
     if attempt < 2:
-        raise ValueError(f"attempt: {attempt} must be >= 2 (attempt 1 is {submission_id(name, date)})")
+        raise ValueError(f"attempt: {attempt} must be >= 2 "
+                         f"(attempt 1 is {submission_id(name, date)})")
     return f"{submission_id(name, date)}-attempt{attempt}"
 
 

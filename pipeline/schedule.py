@@ -110,7 +110,8 @@ def cron_to_oncalendar(expr: str) -> str:
         out = []
         for a, b, step in _parse_field(text, field):
             if field == 4:
-                days = range(0, 7, step or 1) if a is None else range(a, (b if b is not None else a) + 1, step or 1)
+                first, last = (0, 6) if a is None else (a, a if b is None else b)
+                days = range(first, last + 1, step or 1)
                 out.append(",".join(dict.fromkeys(_SYSTEMD_DOW[d] for d in days)))
                 continue
             lo = _FIELDS[field][1]
@@ -119,7 +120,8 @@ def cron_to_oncalendar(expr: str) -> str:
             elif b is None:
                 out.append(f"{a:02d}" if field < 2 else str(a))
             else:
-                out.append(f"{a}..{b}" if step is None else ",".join(str(v) for v in range(a, b + 1, step)))
+                out.append(f"{a}..{b}" if step is None
+                           else ",".join(str(v) for v in range(a, b + 1, step)))
         return ",".join(out)
 
     days = "" if dow == "*" else conv(dow, 4) + " "
@@ -212,7 +214,8 @@ def _split(text: str) -> tuple[list[str], dict[str, tuple[str, str]]]:
     while i < len(lines):
         if lines[i].startswith(MARK) and i + 1 < len(lines):
             fields = lines[i + 1].split(None, 5)
-            ours[lines[i][len(MARK):].strip()] = (" ".join(fields[:5]), fields[5] if len(fields) > 5 else "")
+            command = fields[5] if len(fields) > 5 else ""
+            ours[lines[i][len(MARK):].strip()] = (" ".join(fields[:5]), command)
             i += 2
         else:
             rest.append(lines[i])
@@ -261,12 +264,14 @@ def systemd_units(name: str, expr: str, command: str) -> tuple[str, str]:
                "Wants=network-online.target\nAfter=network-online.target\n\n"
                f"[Service]\nType=oneshot\nExecStart=/bin/sh -c {shlex.quote(command)}\n")
     timer = (f"[Unit]\nDescription=mocopipe nightly pretraining ({name}), cron \"{expr}\"\n\n"
-             f"[Timer]\nOnCalendar={calendar}\nPersistent=true\nUnit={UNIT_PREFIX}{name}.service\n\n"
+             f"[Timer]\nOnCalendar={calendar}\nPersistent=true\n"
+             f"Unit={UNIT_PREFIX}{name}.service\n\n"
              "[Install]\nWantedBy=timers.target\n")
     return service, timer
 
 
-def install_systemd(name: str, expr: str, command: str, directory: Path | None = None) -> list[Path]:
+def install_systemd(name: str, expr: str, command: str,
+                    directory: Path | None = None) -> list[Path]:
     d = directory or unit_dir()
     d.mkdir(parents=True, exist_ok=True)
     service, timer = systemd_units(check_name(name), expr, command)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.procs import (LOOPBACK, ProcRef, StackError, find_binary, find_by_marker,
                             pick_ports, port_free, require_free, spawn, stop, tail, tree,
@@ -39,6 +40,7 @@ BUCKETS = ("corpus", "mlflow")
 MLFLOW_ARTIFACTS = "s3://mlflow/artifacts"
 REGION = "us-east-1"
 RAY_WORKER_PORTS = 200  # size of the worker port range pinned for Ray
+_GRPC_OFFSET = 10000  # SeaweedFS's convention: gRPC port = HTTP port + 10000
 _SOCKET_DIR_MAX = 40  # Ray appends ~65 chars of session/socket names; AF_UNIX allows 107
 # Named ports; Ray's worker range starts at "ray_worker_min" and spans RAY_WORKER_PORTS.
 PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
@@ -200,10 +202,22 @@ def _check_mlflow(state: StackState, creds: Credentials) -> bool:
     return _http_ok(f"{state.mlflow_uri}/health")
 
 
+def _http_json(url: str, token: str) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback http
+        return json.loads(resp.read())
+
+
 def _check_ray(state: StackState, creds: Credentials) -> bool:
-    # GCS reachable through the dashboard, and the Jobs API answers (both need the token).
-    return (_http_ok(f"{state.ray_dashboard}/api/gcs_healthz", creds.ray_token)
-            and _http_ok(f"{state.ray_dashboard}/api/jobs/", creds.ray_token))
+    # The GCS answers, the Jobs API answers (both need the token), and the head's raylet
+    # has registered as an ALIVE node.
+    base, token = state.ray_dashboard, creds.ray_token
+    if not (_http_ok(f"{base}/api/gcs_healthz", token) and _http_ok(f"{base}/api/jobs/", token)):
+        return False
+    nodes = _http_json(f"{base}/api/v0/nodes", token)["data"]["result"]["result"]
+    return any(n.get("state") == "ALIVE" for n in nodes)
 
 
 _CHECKS: dict[str, Callable[[StackState, Credentials], bool]] = {
@@ -247,11 +261,18 @@ def _choose_ports(previous: dict[str, int] | None, fixed: dict[str, int]) -> dic
     reuse_worker = prev.get("ray_worker_min")
     if all(port_free(p) for p in reuse.values()) and len(reuse) + len(fixed) == len(PORT_NAMES) \
             and reuse_worker is not None \
+            and prev.get("admin_grpc") == prev.get("admin", 0) + _GRPC_OFFSET \
             and all(port_free(p) for p in range(reuse_worker, reuse_worker + RAY_WORKER_PORTS)):
         return {**reuse, **fixed, "ray_worker_min": reuse_worker}
-    missing = [n for n in PORT_NAMES if n not in fixed]
+    missing = [n for n in PORT_NAMES if n not in fixed and n != "admin_grpc"]
     picked = pick_ports(len(missing), avoid=fixed.values())
     ports = {**dict(zip(missing, picked)), **fixed}
+    # SeaweedFS's plugin worker dials the admin server at admin.port + 10000, whatever
+    # -admin.port.grpc says: keep that pair aligned.
+    while not ("admin" in fixed or port_free(ports["admin"] + _GRPC_OFFSET)):
+        (ports["admin"],) = pick_ports(1, avoid=ports.values())
+    ports["admin_grpc"] = ports["admin"] + _GRPC_OFFSET
+    require_free(ports["admin_grpc"], "admin_grpc (admin + 10000)")
     (worker,) = pick_ports(1, span=RAY_WORKER_PORTS, avoid=ports.values())
     ports["ray_worker_min"] = worker
     return ports
@@ -308,30 +329,46 @@ def _server_env(state: StackState, creds: Credentials) -> dict[str, str]:
     return env
 
 
-def _start_ray(state: StackState, env: dict[str, str], log: Path, num_cpus: int,
-               object_store_mb: int, timeout_s: float, errors: list[BaseException],
-               attempts: int = 3) -> None:
-    """Run `ray start --head` (it daemonizes); errors are collected for the caller.
+class _RayStarter(threading.Thread):
+    """Runs `ray start --head` (which daemonizes) in the background; `error` after join.
 
-    `ray start` gives the raylet a fixed 30 s to register with the GCS, which a busy
-    machine can miss; a failed attempt's processes are stopped and it is tried again.
+    On a busy machine `ray start` can fail at start-up races it does not retry: its raylet
+    aborts when the dashboard agent is slow to write its port file, and `ray start` gives
+    the raylet a fixed 30 s to register. If the raylet survived, the health check waits
+    for it; if it died, that attempt's processes are stopped and `ray start` runs again.
     """
-    try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, attempts + 1):
-            with open(log, "ab") as f:
-                res = subprocess.run(_ray_cmd(state, num_cpus, object_store_mb), env=env,
-                                     stdin=subprocess.DEVNULL, stdout=f,
-                                     stderr=subprocess.STDOUT, timeout=timeout_s,
-                                     start_new_session=True)
-            if res.returncode == 0:
-                return
-            stop(tree(find_by_marker(state.ray_temp_dir)))
-            if attempt == attempts or "timed out during startup" not in tail(log, 5):
-                raise StackError(f"`ray start` failed with code {res.returncode}; last lines "
-                                 f"of {log}:\n{tail(log)}")
-    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-        errors.append(exc)
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, marker: str,
+                 timeout_s: float, attempts: int = 3):
+        super().__init__(daemon=True)
+        self.cmd, self.env, self.log, self.marker = cmd, env, log, marker
+        self.timeout_s, self.attempts = timeout_s, attempts
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    def run(self) -> None:
+        try:
+            for attempt in range(1, self.attempts + 1):
+                self.proc = spawn(self.cmd, env=self.env, log_path=self.log)
+                code = self.proc.wait(self.timeout_s)
+                if code == 0 or self.cancelled:
+                    return
+                raylet_alive = any(r.name == "raylet" for r in find_by_marker(self.marker))
+                if raylet_alive and "timed out during startup" in tail(self.log, 3):
+                    return  # registers late; the health check waits for it
+                stop(tree(find_by_marker(self.marker)), timeout_s=3.0)
+                if attempt == self.attempts:
+                    raise StackError(f"`ray start` failed {attempt} times (code {code}); "
+                                     f"last lines of {self.log}:\n{tail(self.log)}")
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            self.error = exc
+
+    def kill(self) -> None:
+        self.cancelled = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _ensure_buckets(state: StackState, creds: Credentials) -> None:
@@ -373,15 +410,15 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
     state.running = True
     state.save()
     env, logs = _server_env(state, creds), sdir / "logs"
+    ray_start: _RayStarter | None = None
     try:
         weed = spawn(_weed_cmd(state), env=env, log_path=logs / "s3.log", cwd=sdir)
         _record(state, "s3", [ProcRef.of(weed.pid)])
         mlflow = spawn(_mlflow_cmd(state), env=env, log_path=logs / "mlflow.log", cwd=sdir)
         _record(state, "mlflow", [ProcRef.of(mlflow.pid)])
-        ray_errors: list[BaseException] = []
-        ray_thread = threading.Thread(target=_start_ray, daemon=True, args=(
-            state, env, logs / "ray.log", num_cpus, object_store_mb, timeout_s, ray_errors))
-        ray_thread.start()
+        ray_start = _RayStarter(_ray_cmd(state, num_cpus, object_store_mb), env,
+                                logs / "ray.log", state.ray_temp_dir, timeout_s)
+        ray_start.start()
         wait_until(lambda: _check_s3(state, creds), what=f"SeaweedFS S3 at {state.s3_endpoint}",
                    timeout_s=timeout_s, log_path=logs / "s3.log", proc=weed)
         _ensure_buckets(state, creds)
@@ -390,15 +427,17 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
                    timeout_s=timeout_s, log_path=logs / "mlflow.log", proc=mlflow)
         _record(state, "mlflow", tree(state.refs("mlflow")))
         log(f"mlflow  ready at {state.mlflow_uri} ({time.monotonic() - t0:.1f}s)")
-        ray_thread.join(timeout_s)
+        ray_start.join(3 * timeout_s)
         _record(state, "ray", find_by_marker(state.ray_temp_dir))
-        if ray_errors:
-            raise ray_errors[0]
+        if ray_start.error is not None:
+            raise ray_start.error
         wait_until(lambda: _check_ray(state, creds), what=f"Ray head at {state.ray_dashboard}",
                    timeout_s=timeout_s, log_path=logs / "ray.log")
         _record(state, "ray", find_by_marker(state.ray_temp_dir))
         log(f"ray     ready at {state.ray_address} ({time.monotonic() - t0:.1f}s)")
     except BaseException:
+        if ray_start is not None:
+            ray_start.kill()  # before it can spawn more Ray daemons
         _stop_all(state)
         raise
     state.startup_s = round(time.monotonic() - t0, 2)

@@ -41,6 +41,11 @@ class ObjectNotFound(StorageError):
     """The object (or local file) does not exist."""
 
 
+class TransientStorageError(StorageError):
+    """The connection broke while a response was read (timeout, reset, short body): worth
+    retrying. `get_bytes` retries these itself; stream readers can catch it and reopen."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(_S3)
 
@@ -160,22 +165,20 @@ class Storage:
                 f"is the server running (`mocopipe up`)?") from exc
         except (bx.ReadTimeoutError, bx.ConnectionClosedError, bx.IncompleteReadError,
                 bx.ResponseStreamingError) as exc:
-            raise StorageError(f"{what} {where}: connection failed: {exc}") from exc
+            raise TransientStorageError(f"{what} {where}: connection failed: {exc}") from exc
         except bx.BotoCoreError as exc:
             raise StorageError(f"{what} {where}: {exc}") from exc
 
     def _with_backoff(self, fn: Callable[[], T], uri: str, what: str) -> T:
-        """Run `fn`, retrying StorageErrors that are not 'not found'/'denied' with a doubling
-        backoff from cfg.retry_backoff_s (used for body reads botocore does not retry)."""
+        """Run `fn`, retrying TransientStorageError (a broken body read, which botocore does
+        not retry) up to cfg.max_retries times, backoff from cfg.retry_backoff_s, doubling."""
         delay = self.cfg.retry_backoff_s
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 with self._errors(uri, what):
                     return fn()
-            except ObjectNotFound:
-                raise
-            except StorageError as exc:
-                if attempt == self.cfg.max_retries or "connection failed" not in str(exc):
+            except TransientStorageError:
+                if attempt == self.cfg.max_retries:
                     raise
             time.sleep(delay)
             delay *= 2

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,14 @@ from pipeline import stack as stack_mod
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.StackInfo]:
-    """A running local stack; yields its `StackInfo` (endpoints, credentials, `env`)."""
-    state_dir = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[stack_mod.StackInfo]:
+    """A running local stack; yields its `StackInfo` (endpoints, credentials, `env`).
+
+    The state dir is deleted at the end (set MOCOPIPE_KEEP_STACK=1 to keep its logs).
+    """
+    # Not under pytest's basetemp: pytest deletes all but its 3 newest basetemps, including
+    # those of other sessions still running on the same machine.
+    state_dir = Path(tempfile.mkdtemp(prefix="mocopipe-stack-"))
     saved = {k: os.environ.get(k) for k in (
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
         "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "RAY_ADDRESS",
@@ -39,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.StackI
         try:
             _shutdown_ray_client()
         finally:
-            stack_mod.down(state_dir)
+            stack_mod.down(state_dir, purge=os.environ.get("MOCOPIPE_KEEP_STACK") != "1")
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

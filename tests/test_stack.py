@@ -7,9 +7,11 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -139,13 +141,24 @@ def test_up_again_reuses_the_running_stack(stack: stack_mod.StackInfo) -> None:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+                          text=True, timeout=600, env=env)
 
 
+@pytest.fixture
+def second_state_dir() -> Iterator[str]:
+    """A state dir for a second stack; whatever it started is stopped and deleted after."""
+    sdir = tempfile.mkdtemp(prefix="mocopipe-stack2-")
+    try:
+        yield sdir
+    finally:
+        stack_mod.down(sdir, purge=True)
+
+
+@pytest.mark.slow
 def test_cli_up_status_env_down_purge_on_a_second_stack(stack: stack_mod.StackInfo,
-                                                        tmp_path: Path) -> None:
+                                                        second_state_dir: str) -> None:
     """A second stack beside the session's: both run at once, `down` stops only its own."""
-    sdir = str(tmp_path / "st")
+    sdir = second_state_dir
     up = _cli("up", "--state-dir", sdir)
     assert up.returncode == 0, up.stdout + up.stderr
     state = stack_mod.load_state(sdir)

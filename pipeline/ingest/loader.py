@@ -170,6 +170,11 @@ class Loader:
         """Process ids of the readers (this process for in-process readers)."""
         return [int(self._result(self._call(r, "pid"))) for r in self._readers]
 
+    def reader_streams(self) -> list[list[tuple[str, int, int]]]:
+        """Per reader, its open shard streams as ``(uri, bytes fetched, object size)``."""
+        return [[tuple(x) for x in self._result(self._call(r, "streams"))]  # type: ignore[misc]
+                for r in self._readers]
+
     def close(self) -> None:
         """Stop the readers (kill the actors, or close in-process streams)."""
         readers, self._readers = self._readers, []

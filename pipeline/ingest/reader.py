@@ -21,6 +21,7 @@ epoch, `CorruptDataError` names the shards involved.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -55,7 +56,9 @@ class ShardReader:
                  ingest: IngestConfig, dataset_uri: str, batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"ShardReader: batch_size must be >= 1, got {batch_size}")
-        self.storage = Storage(storage)
+        # One retry layer, counted: the streams retry (and resume) themselves, so botocore's
+        # own retries are off for the reader's requests (see ReadAheadStream).
+        self.storage = Storage(dataclasses.replace(storage, max_retries=0))
         self.storage_cfg, self.data, self.augment, self.ingest = storage, data, augment, ingest
         self.dataset_uri = dataset_uri
         self.batch_size = batch_size
@@ -76,6 +79,10 @@ class ShardReader:
     def pid(self) -> int:
         """The process id of this reader (for memory checks on actors)."""
         return os.getpid()
+
+    def streams(self) -> list[tuple[str, int, int]]:
+        """Open shard streams as ``(uri, bytes fetched so far, object size)`` (monitoring)."""
+        return [(s.uri, s.position, s.total_size or 0) for s in self._stats.open_streams]
 
     def start(self, plan: ReaderPlan, cursor: int = 0, corrupt: int = 0) -> None:
         """Begin (or resume) an epoch at emission position ``cursor``.

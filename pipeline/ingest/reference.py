@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
 from pipeline.augment import decode_image, decode_min_side, random_resized_crop_params, two_views
@@ -87,7 +88,8 @@ def cpu_throughput(images: Sequence[bytes], *, size: int, cfg: AugmentConfig,
 
     The two paths alternate over ``rounds`` passes of ``images`` (JPEG bytes) so that both see
     the same machine load; time is this process's CPU time, so other processes on the
-    machine do not count against either path.
+    machine do not count against either path. torch runs single-threaded meanwhile (as in a
+    reader actor with ``num_cpus=1``); the previous thread count is restored.
     """
     if not images or rounds < 1:
         raise ValueError(f"cpu_throughput: need images and rounds >= 1, got {len(images)} "
@@ -98,14 +100,19 @@ def cpu_throughput(images: Sequence[bytes], *, size: int, cfg: AugmentConfig,
         "reference": lambda d: reference_two_views(d, size, cfg, rng, channels),
     }
     spent = dict.fromkeys(paths, 0.0)
-    for name, fn in paths.items():  # warm-up (imports, caches)
-        fn(images[0])
-    for _ in range(rounds):
-        for name, fn in paths.items():
-            t0 = time.process_time()
-            for data in images:
-                fn(data)
-            spent[name] += time.process_time() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for fn in paths.values():  # warm-up (imports, caches)
+            fn(images[0])
+        for _ in range(rounds):
+            for name, fn in paths.items():
+                t0 = time.process_time()
+                for data in images:
+                    fn(data)
+                spent[name] += time.process_time() - t0
+    finally:
+        torch.set_num_threads(threads)
     n = rounds * len(images)
     ours = n / max(spent["ours"], 1e-9)
     ref = n / max(spent["reference"], 1e-9)

@@ -77,6 +77,11 @@ class ReadAheadStream:
         self._thread = threading.Thread(target=self._run, name=f"read-ahead {uri}", daemon=True)
         self._thread.start()
 
+    @property
+    def position(self) -> int:
+        """Offset of the next byte the network thread will fetch."""
+        return self._pos
+
     # ------------------------------------------------------------------ producer thread
 
     def _put(self, item: Any) -> bool:

@@ -14,6 +14,7 @@ re-running an interrupted write rebuilds byte-identical shards and uploads only 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -24,11 +25,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from pipeline.shards.manifest import Manifest, ManifestError, ShardInfo, read_manifest, utc_now, \
-    write_manifest
+from pipeline.shards.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, \
+    utc_now, write_manifest
 from pipeline.shards.sources import BadInput, InputItem, Source, open_source, validate_image
 from pipeline.shards.upload import ShardSink
-from pipeline.storage import ObjectNotFound, Storage, is_s3, split_s3
+from pipeline.storage import ObjectNotFound, Storage, is_s3, join, split_s3
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,14 +94,16 @@ def _loader(source: Source) -> Callable[[InputItem], tuple[str, bytes] | BadInpu
 
 
 def _existing(storage: Storage, dest: str, append: bool) -> Manifest | None:
+    """The dataset's current manifest, or None. An unreadable one fails an append; a fresh
+    (non-append) write replaces it."""
+    if not storage.exists(join(dest, MANIFEST_NAME)):
+        return None
     try:
         return read_manifest(storage, dest)
-    except ManifestError as exc:
-        if "no manifest.json" in str(exc):
-            return None
+    except ManifestError:
         if append:
             raise
-        return None  # a fresh (non-append) write replaces an unreadable manifest
+        return None
 
 
 def _classes(source: Source, old: Manifest | None, append: bool) -> list[str] | None:
@@ -115,6 +118,11 @@ def _classes(source: Source, old: Manifest | None, append: bool) -> list[str] | 
     if source.classes is None:
         return None
     return old.classes + [c for c in source.classes if c not in old.classes]
+
+
+def _same(a: Manifest, b: Manifest) -> bool:
+    """Equal apart from updated_at."""
+    return dataclasses.replace(a, updated_at="") == dataclasses.replace(b, updated_at="")
 
 
 def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int = 256 * 2**20,
@@ -189,10 +197,10 @@ def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int
         total_bytes=sum(s.bytes for s in shards), labelled=classes is not None,
         classes=list(classes or []), skipped=(base.skipped if base else []) + skipped,
         created_at=old.created_at if old and old.created_at else sink.run_at, updated_at=now)
-    if base is None or new:
-        write_manifest(storage, dest, manifest)  # LAST: only now do readers see the shards
+    if old is not None and (not new if append else _same(old, manifest)):
+        manifest = old  # nothing changed (a re-run of a finished write): keep its manifest
     else:
-        manifest = base  # an append whose shards are all in the dataset already: no change
+        write_manifest(storage, dest, manifest)  # LAST: only now do readers see the shards
     if progress:
         print(sink.summary(dest, written, len(skipped), time.monotonic() - started), flush=True)
     return manifest

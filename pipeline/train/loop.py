@@ -169,6 +169,9 @@ def train(cfg: Config, run: Any, *, device: torch.device,
         ddp = dist.wrap_ddp(model)
 
         def save(at: int, last: bool = False) -> None:
+            # BN running statistics are per rank (DDP without buffer broadcast): make them
+            # equal first, so rank 0's model state is every rank's and a resume is exact.
+            dist.average_bn_stats(model)
             ranks_now = gather_to_all({"loader": loader.state_dict(), "rng": rng_state(gen)},
                                       device)
             if rank == 0:

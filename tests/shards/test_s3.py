@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import webdataset as wds
 
 from pipeline.cli import main
 from pipeline.config import StorageConfig

@@ -98,7 +98,7 @@ def test_size_cap_determinism_and_rerun(jpeg_folder: Path, tmp_path: Path) -> No
     counting = CountingStorage()
     again = write(jpeg_folder, tmp_path / "a", shard_size_bytes=4000, storage=counting)
     assert counting.puts == 0  # every shard already stored with the same sha256
-    assert again.shards == a.shards  # added_at kept
+    assert again.sha256 == a.sha256  # nothing changed: the manifest is kept as it was
     capped = write(jpeg_folder, tmp_path / "c", max_samples=7, labels="none")
     assert capped.total_samples == 7 and not capped.labelled and capped.classes == []
     assert all("cls" not in s for s in read_back(tmp_path / "c"))

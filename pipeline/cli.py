@@ -309,7 +309,25 @@ def _add_bench(sub: Any) -> None:
 
 
 def _add_bench_ingest(s: Any) -> None:
-    pass  # bench ingest (ingest engineer)
+    p = s.add_parser("ingest", help="our decode+crop path vs a PIL moco-style baseline, and "
+                     "streaming tar iteration vs raw boto3 GET, in one run")
+    p.add_argument("dataset", help="dataset URI holding manifest.json (s3://bucket/prefix or a folder)")
+    p.add_argument("--samples", type=int, default=200, help="images for the CPU comparison")
+    p.add_argument("--size", type=int, default=224, help="view size in pixels")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved passes of the CPU comparison")
+    p.add_argument("--net-rounds", type=int, default=2, help="passes over the shards for MB/s")
+    p.add_argument("--max-mb", type=float, default=1024, help="cap on shard MB per network pass")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench_ingest)
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from pipeline.ingest.bench import bench_ingest, format_report
+
+    report = bench_ingest(args.dataset, samples=args.samples, size=args.size,
+                          rounds=args.rounds, max_mb=args.max_mb, net_rounds=args.net_rounds)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
 
 
 def _add_bench_train(s: Any) -> None:

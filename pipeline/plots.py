@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,3 +207,13 @@ def training_curves(history: dict[str, list[tuple[int, float]]],
     if not any(history.values()):
         raise ValueError("history: no metric has any points to plot")
     return _save(_curves_figure(history), path)
+
+
+def run_history(client: Any, run_id: str,
+                keys: Sequence[str] = ("loss", "knn_top1")) -> dict[str, list[tuple[int, float]]]:
+    """{key: [(step, value), ...]} of an MLflow run's metrics (missing keys give empty lists).
+
+    For `training_curves` at the end of a run: `training_curves(run_history(client, run_id), p)`.
+    """
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in keys}

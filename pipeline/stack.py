@@ -326,6 +326,12 @@ def _server_env(state: StackState, creds: Credentials) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     # MLflow's background job runner (3 huey consumer processes) serves no purpose here.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    # The raylet aborts when its dashboard agent has not written its port file within this
+    # budget; Python agents start slowly on a busy machine (Ray's default is seconds).
+    env.setdefault("RAY_agent_register_timeout_ms", "120000")
+    # Ray job entrypoints say `python -m jobs...`: make that the stack's interpreter, as the
+    # image's venv is on PATH on a real cluster (jobs engineer).
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     return env
 
 
@@ -453,7 +459,7 @@ def _stop_all(state: StackState) -> list[int]:
     # S3 and MLflow exit within a second of SIGTERM. Ray's daemons (gcs_server, raylet,
     # agents) may linger on a busy machine; their state is disposable, so they get a short
     # grace period before SIGKILL, like `ray stop --force`.
-    stopped = stop(tree(state.refs("s3") + state.refs("mlflow")), timeout_s=10.0)
+    stopped = stop(tree(state.refs("s3") + state.refs("mlflow")), timeout_s=5.0)
     ray = state.refs("ray")
     if state.ray_temp_dir:
         ray += find_by_marker(state.ray_temp_dir)  # workers started after `up`

@@ -136,6 +136,7 @@ class Storage:
     @contextlib.contextmanager
     def _errors(self, uri: str, what: str) -> Iterator[None]:
         """Translate botocore exceptions into StorageError naming the URI and endpoint."""
+        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore import exceptions as bx
 
         where = f"{uri} (endpoint {self.endpoint})"
@@ -167,6 +168,8 @@ class Storage:
                 bx.ResponseStreamingError) as exc:
             raise TransientStorageError(f"{what} {where}: connection failed: {exc}") from exc
         except bx.BotoCoreError as exc:
+            raise StorageError(f"{what} {where}: {exc}") from exc
+        except (S3UploadFailedError, S3TransferFailedError) as exc:  # wraps the cause's text
             raise StorageError(f"{what} {where}: {exc}") from exc
 
     def _with_backoff(self, fn: Callable[[], T], uri: str, what: str) -> T:

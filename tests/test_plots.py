@@ -104,3 +104,16 @@ def test_training_curves_rejects_empty_history(tmp_path: Path) -> None:
         plots.training_curves({"loss": []}, tmp_path / "c.png")
     with pytest.raises(ValueError, match="step, value"):
         plots.training_curves({"loss": [(1, 2.0, 3)]}, tmp_path / "c.png")
+
+
+def test_run_history_reads_metric_histories() -> None:
+    from types import SimpleNamespace
+
+    class _Client:
+        def get_metric_history(self, run_id: str, key: str) -> list:
+            assert run_id == "r1"
+            if key == "loss":
+                return [SimpleNamespace(step=10, value=5.0), SimpleNamespace(step=20, value=4.0)]
+            return []
+
+    assert plots.run_history(_Client(), "r1") == {"loss": [(10, 5.0), (20, 4.0)], "knn_top1": []}

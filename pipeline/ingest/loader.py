@@ -209,5 +209,4 @@ def _start_actors(ingest: IngestConfig, n: int, kwargs: dict[str, Any]) -> list[
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     env = {k: os.environ[k] for k in _ENV_FOR_READERS if os.environ.get(k)}
-    return [start_reader_actor(ingest, runtime_env={"env_vars": env}, **kwargs)
-            for _ in range(n)]
+    return [start_reader_actor(runtime_env={"env_vars": env}, **kwargs) for _ in range(n)]

@@ -100,10 +100,8 @@ def _assign(relpaths: list[str], labels: str, where: str,
             skipped.append({"input": f"{where}/{rel}",
                             "reason": f"unsupported extension {('.' + ext) if ext else '(none)'}"
                                       f" (expected {', '.join('.' + e for e in IMAGE_EXTS)})"})
-    in_sub = [("/" in rel) for rel, _ in images]
     subs = sorted({rel.split("/", 1)[0] for rel, _ in images if "/" in rel})
-    use_folders = labels == "folders" or (labels == "auto" and images and all(in_sub)
-                                          and len(subs) >= 2)
+    use_folders = labels == "folders"
     out: list[tuple[str, str, str | None]] = []
     for rel, ext in images:
         if not use_folders:
@@ -185,9 +183,9 @@ def _fmnist_source(src: str, labels: str) -> Source:
 def open_source(src: str, storage: Storage, labels: str = "auto") -> Source:
     """Enumerate `src` (local folder, ``s3://bucket/prefix``, ``fashion-mnist:train|test``).
 
-    `labels`: "folders" = first-level sub-folder names are the classes; "none" = unlabelled;
-    "auto" = folders when every image sits in one of >= 2 sub-folders, built-in labels for
-    Fashion-MNIST, else unlabelled.
+    `labels`: "folders" = first-level sub-folder names are the classes (images outside any
+    sub-folder are skipped); "none" = unlabelled; "auto" = Fashion-MNIST's built-in labels,
+    unlabelled for folders and buckets (sub-folders may be dates or shards, not classes).
     """
     if labels not in LABEL_MODES:
         raise ValueError(f"labels={labels!r}: expected one of {', '.join(LABEL_MODES)}")

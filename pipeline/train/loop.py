@@ -100,10 +100,11 @@ def _fault_hook(spec: str | None, rank: int, step: int) -> None:
 
 def train(cfg: Config, run: Any, *, device: torch.device,
           should_stop: Callable[[], bool] = lambda: False,
-          fault: str | None = None) -> TrainResult:
+          fault: str | None = None, use_ray: bool = True) -> TrainResult:
     """Train this rank until `total_steps` (or a stop request); see the module docstring.
 
     run: the `pipeline.tracking.RunRef` of the MLflow run (metrics, checkpoints, model).
+    use_ray: readers as Ray actors (False: in-process readers, for a single-process run).
     """
     from pipeline.ingest.loader import Loader
     from pipeline.model import MoCo, build_encoder
@@ -127,7 +128,8 @@ def train(cfg: Config, run: Any, *, device: torch.device,
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     loader = Loader(storage=cfg.storage, data=cfg.data, augment=cfg.augment, ingest=cfg.ingest,
                     dataset_uri=cfg.data.train, shards=manifest.shard_counts(), rank=rank,
-                    world_size=world, per_rank_batch=t.per_worker_batch, seed=t.seed)
+                    world_size=world, per_rank_batch=t.per_worker_batch, seed=t.seed,
+                    use_ray=use_ray)
     spe = loader.steps_per_epoch
     if spe < 1:
         raise ValueError(f"data.train: {manifest.total_samples} samples give 0 steps per epoch "

@@ -151,3 +151,53 @@ def _find(node: Any, key: str) -> list[Any]:
         for v in node:
             found += _find(v, key)
     return found
+
+
+FAKE_KUBECTL = """#!/bin/sh
+# Stand-in kubectl: RayJobs are files in $STORE named after metadata.name.
+if [ "$1" = get ]; then test -f "$STORE/$3"; exit $?; fi
+if [ "$1" = create ]; then
+  cat > "$STORE/incoming.yaml"
+  name=$(sed -n 's/^  name: //p' "$STORE/incoming.yaml" | head -1)
+  if [ -f "$STORE/$name" ]; then echo "AlreadyExists" >&2; exit 1; fi
+  mv "$STORE/incoming.yaml" "$STORE/$name"; echo "rayjob.ray.io/$name created"; exit 0
+fi
+exit 2
+"""
+
+
+def test_cronjob_fallback_creates_one_dated_rayjob_per_day(tmp_path, monkeypatch) -> None:
+    """Run the CronJob's own shell script twice with a stand-in kubectl: the first run
+    creates tonight's RayJob (a valid RayJob, dated), the second creates nothing."""
+    import datetime as dt
+    import os
+    import subprocess
+
+    docs = list(yaml.safe_load_all((K8S / "cronjob-nightly.yaml").read_text()))
+    template = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["rayjob.yaml"]
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = pod["containers"][0]["command"][-1]
+    (tmp_path / "template").mkdir()
+    (tmp_path / "template" / "rayjob.yaml").write_text(template)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "kubectl").write_text(FAKE_KUBECTL)
+    (tmp_path / "bin" / "kubectl").chmod(0o755)
+    env = {**os.environ, "STORE": str(tmp_path / "store"),
+           "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    script = script.replace("/template/", f"{tmp_path}/template/")
+    before = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    first = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    after = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    (name,) = [p.name for p in (tmp_path / "store").iterdir()]
+    day = name.removeprefix("mocopipe-nightly-demo-")
+    assert day in (before, after)  # the UTC date of the run (midnight may pass in between)
+    created = yaml.safe_load((tmp_path / "store" / name).read_text())
+    jsonschema.validate(created, SCHEMAS["RayJob"])
+    assert created["spec"]["jobId"] == f"nightly-demo-{day}"
+    assert created["spec"]["entrypoint"].endswith(f"--date {day}")
+    second = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert second.returncode == 0 and "already created" in second.stdout
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [name]

@@ -23,7 +23,7 @@ from pipeline.shards.fmnist import load_fashion_mnist
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
-N_TRAIN, N_QUERY, BATCH, STEPS, WIDTH = 3072, 1000, 128, 120, 16
+N_TRAIN, N_QUERY, BATCH, STEPS, WIDTH, LR = 3072, 1000, 128, 120, 16, 0.06
 MOCO = MocoConfig(dim=64, queue_size=1024, momentum=0.99, temperature=0.2, bn="split",
                   bn_splits=4)
 AUG = AugmentConfig(crop_scale_min=0.3, mean=[0.286], std=[0.353], blur_p=0.2)
@@ -48,7 +48,7 @@ def train_and_eval(steps: int = STEPS, width: int = WIDTH, seed: int = 0) -> dic
     random_encoder = small_cnn(in_channels=1, width=width)
     random_encoder.load_state_dict(encoder.state_dict())  # the same initial weights
     moco = MoCo(encoder, MOCO, seed=seed)
-    opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.06,
+    opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=LR,
                           momentum=0.9, weight_decay=5e-4)
     batch_aug = BatchAugment(AUG, channels=1)
     rng = np.random.default_rng(seed)
@@ -62,14 +62,17 @@ def train_and_eval(steps: int = STEPS, width: int = WIDTH, seed: int = 0) -> dic
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    bank_u8, query_u8 = torch.from_numpy(x_train[:, None].copy()), torch.from_numpy(x_test[:, None].copy())
+    bank_u8 = torch.from_numpy(x_train[:, None].copy())  # (N_TRAIN, 1, 28, 28) uint8
+    query_u8 = torch.from_numpy(x_test[:, None].copy())
 
     def knn(backbone: torch.nn.Module) -> float:
         bank = extract_features(backbone, bank_u8, AUG)
         query = extract_features(backbone, query_u8, AUG)
         return knn_top1(bank, y_train, query, y_test, k=200, t=0.1)
 
-    return {"loss_first": float(np.mean(losses[:5])), "loss_last": float(np.mean(losses[-10:])),
+    full = math.ceil(MOCO.queue_size / BATCH)  # first step whose negatives are all real keys
+    return {"loss_queue_full": float(np.mean(losses[full:full + 5])),
+            "loss_last": float(np.mean(losses[-10:])),
             "knn_trained": knn(moco.backbone), "knn_random": knn(random_encoder)}
 
 

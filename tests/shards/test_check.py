@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 def _dataset(src: Path, dest: Path) -> None:
     write_shards(str(src), str(dest), storage=Storage(), samples_per_shard=6, workers=2,
-                 progress=False)
+                 labels="folders", progress=False)
 
 
 def _overwrite_member(shard: Path, index: int, fill: bytes) -> None:

@@ -110,11 +110,11 @@ def test_s3_source_resume_and_append(storage: Storage, prefix: str, jpeg_folder:
     crashing = FlakyStorage(fail_at=3)
     with pytest.raises(RuntimeError, match="injected crash"):
         write_shards(src, dest, storage=crashing, samples_per_shard=4, workers=1,
-                     progress=False)
+                     labels="folders", progress=False)
     assert storage.list(dest) == [f"{dest}/shard-00000{i}.tar" for i in range(2)]
     counting = FlakyStorage()
     m = write_shards(src, dest, storage=counting, samples_per_shard=4, workers=2,
-                     progress=False)
+                     labels="folders", progress=False)
     assert counting.puts == 4 and len(m.shards) == 6 and m.total_samples == 24
     assert [s["input"] for s in m.skipped] == [f"{src}/class_00/readme.txt"]
     keys = [s["__key__"] for s in read_back(storage, dest)]

@@ -94,7 +94,7 @@ def test_size_cap_determinism_and_rerun(jpeg_folder: Path, tmp_path: Path) -> No
     b = write(jpeg_folder, tmp_path / "b", shard_size_bytes=4000, workers=1)
     assert len(a.shards) > 3
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
-    assert a.labelled  # auto: every image sits in one of 3 class folders
+    assert not a.labelled and a.classes == []  # auto: folders are unlabelled
     counting = CountingStorage()
     again = write(jpeg_folder, tmp_path / "a", shard_size_bytes=4000, storage=counting)
     assert counting.puts == 0  # every shard already stored with the same sha256
@@ -121,10 +121,12 @@ def test_bad_inputs_are_skipped_and_recorded(jpeg_folder: Path, tmp_path: Path) 
     (jpeg_folder / "class_01" / "fake.jpg").write_text("not a jpeg")
     (jpeg_folder / "class_01" / "trunc.jpg").write_bytes(good[: len(good) * 2 // 3])
     (jpeg_folder / "class_02" / "empty.png").write_bytes(b"")
-    m = write(jpeg_folder, tmp_path / "ds")
+    (jpeg_folder / "top.jpg").write_bytes(good)
+    m = write(jpeg_folder, tmp_path / "ds", labels="folders")
     reasons = {os.path.relpath(s["input"], jpeg_folder): s["reason"] for s in m.skipped}
     assert set(reasons) == {"class_00/notes.txt", "class_01/fake.jpg", "class_01/trunc.jpg",
-                            "class_02/empty.png"}
+                            "class_02/empty.png", "top.jpg"}
+    assert reasons["top.jpg"] == "not inside a class sub-folder (--labels folders)"
     assert "unsupported extension .txt" in reasons["class_00/notes.txt"]
     assert "not an image" in reasons["class_01/fake.jpg"]
     assert "truncated" in reasons["class_01/trunc.jpg"]
@@ -189,7 +191,7 @@ def test_append_adds_shards_and_is_idempotent(jpeg_folder: Path, tmp_path: Path)
     from pipeline.shards.synthetic import write_jpeg_folder
 
     dest = tmp_path / "ds"
-    first = write(jpeg_folder, dest, samples_per_shard=10)
+    first = write(jpeg_folder, dest, samples_per_shard=10, labels="folders")
     extra = tmp_path / "extra"
     write_jpeg_folder(str(extra / "tmp"), 6, width=32, height=32, classes=2, seed=7)
     os.rename(extra / "tmp" / "class_00", extra / "class_00")

@@ -447,9 +447,13 @@ def _wait_for(client: Any, sid: str, started: float) -> int:
 
     from pipeline import jobs
 
-    status = jobs.wait(client, sid)
-    print(f"job {sid} {status} ({time.time() - started:.1f} s after submission)", flush=True)
-    return jobs.exit_code(status)
+    result = jobs.wait(client, sid)
+    if result.first_step_at is not None:
+        print(f"first training step logged {result.first_step_at - started:.1f} s after "
+              "submission", flush=True)
+    print(f"job {sid} {result.status} ({time.time() - started:.1f} s after submission)",
+          flush=True)
+    return jobs.exit_code(result.status)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -480,7 +484,7 @@ def _cmd_jobs_logs(args: argparse.Namespace) -> int:
 
     client = jobs.connect(args.address)
     if args.follow:
-        return jobs.exit_code(jobs.wait(client, args.id))
+        return jobs.exit_code(jobs.wait(client, args.id).status)
     print(jobs.logs(client, args.id), end="")
     return 0
 

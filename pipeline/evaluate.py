@@ -88,7 +88,7 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
                                  f"{sample['cls'][:20]!r}") from exc
             try:
                 img = decode_image(sample[ext], ext, channels)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure means a corrupt image
+            except ValueError as exc:  # decode_image's "corrupt sample" error
                 corrupt += 1
                 log.warning("%s: skipping undecodable sample %r (%s)", uri, key, exc)
                 continue

@@ -265,12 +265,26 @@ def stop(client: JobSubmissionClient, submission_id: str) -> bool:
     return _call(f"stopping job {submission_id}", client.stop_job, submission_id)
 
 
+@dataclass
+class WaitResult:
+    """How a waited-for job ended, and when its first training step showed in its logs."""
+
+    status: JobStatus
+    first_step_at: float | None  # time.time() of the first log chunk containing STEP_MARKER
+
+
+STEP_MARKER = "[mocopipe] step "  # what rank 0 prints every train.log_every steps
+
+
 def wait(client: JobSubmissionClient, submission_id: str, *, out: TextIO | None = sys.stdout,
-         poll_s: float = 1.0) -> JobStatus:
-    """Stream the job's logs to `out` (None: just poll) until it ends; its final status."""
+         poll_s: float = 1.0) -> WaitResult:
+    """Stream the job's logs to `out` (None: just poll) until it ends."""
+    first_step: list[float] = []
     if out is not None:
         async def _tail() -> None:
             async for chunk in client.tail_job_logs(submission_id):
+                if not first_step and STEP_MARKER in chunk:
+                    first_step.append(time.time())
                 out.write(chunk)
                 out.flush()
 
@@ -283,7 +297,7 @@ def wait(client: JobSubmissionClient, submission_id: str, *, out: TextIO | None 
     while True:
         status = _call(f"status of job {submission_id}", client.get_job_status, submission_id)
         if status.is_terminal():
-            return status
+            return WaitResult(status, first_step[0] if first_step else None)
         time.sleep(poll_s)
 
 

@@ -14,39 +14,27 @@ short `/tmp/mocopipe-ray-XXXXXXXX` recorded in stack.json).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.procs import (LOOPBACK, ProcRef, StackError, find_binary, find_by_marker,
-                            pick_ports, port_free, require_free, spawn, stop, tail, tree,
+from pipeline.procs import (LOOPBACK, ProcRef, StackError, find_by_marker, spawn, stop, tree,
                             wait_until)
+from pipeline.stack_launch import (RayStarter, choose_ports, mlflow_cmd, ray_cmd, ray_temp_dir,
+                                   server_env, weed_cmd)
 
 __all__ = ["StackError", "StackState", "StackInfo", "up", "down", "health", "load_state",
            "stack_env", "info", "DEFAULT_STATE_DIR", "BUCKETS"]
 
 DEFAULT_STATE_DIR = ".mocopipe"
 BUCKETS = ("corpus", "mlflow")
-MLFLOW_ARTIFACTS = "s3://mlflow/artifacts"
 REGION = "us-east-1"
-RAY_WORKER_PORTS = 200  # size of the worker port range pinned for Ray
-_GRPC_OFFSET = 10000  # SeaweedFS's convention: gRPC port = HTTP port + 10000
-_SOCKET_DIR_MAX = 40  # Ray appends ~65 chars of session/socket names; AF_UNIX allows 107
-# Named ports; Ray's worker range starts at "ray_worker_min" and spans RAY_WORKER_PORTS.
-PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
-              "filer_grpc", "admin", "admin_grpc", "mlflow", "ray_gcs", "ray_dashboard",
-              "ray_client", "ray_node_manager", "ray_object_manager", "ray_agent_http",
-              "ray_agent_grpc", "ray_runtime_env", "ray_metrics")
 
 
 @dataclass
@@ -242,141 +230,6 @@ def health(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, bool]:
 # ----------------------------------------------------------------------------- start
 
 
-def _ray_temp_dir(state_dir: Path) -> str:
-    local = state_dir / "ray"
-    if len(str(local)) <= _SOCKET_DIR_MAX:
-        return str(local)
-    digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
-    return f"/tmp/mocopipe-ray-{digest}"
-
-
-def _choose_ports(previous: dict[str, int] | None, fixed: dict[str, int]) -> dict[str, int]:
-    """User-fixed ports (must be free), else the previous run's (if free), else random."""
-    for name, port in fixed.items():
-        if name not in PORT_NAMES:
-            raise StackError(f"unknown port name {name!r}; valid: {', '.join(PORT_NAMES)}")
-        require_free(port, name)
-    prev = previous or {}
-    reuse = {n: p for n, p in prev.items() if n in PORT_NAMES and n not in fixed}
-    reuse_worker = prev.get("ray_worker_min")
-    if all(port_free(p) for p in reuse.values()) and len(reuse) + len(fixed) == len(PORT_NAMES) \
-            and reuse_worker is not None \
-            and prev.get("admin_grpc") == prev.get("admin", 0) + _GRPC_OFFSET \
-            and all(port_free(p) for p in range(reuse_worker, reuse_worker + RAY_WORKER_PORTS)):
-        return {**reuse, **fixed, "ray_worker_min": reuse_worker}
-    missing = [n for n in PORT_NAMES if n not in fixed and n != "admin_grpc"]
-    picked = pick_ports(len(missing), avoid=fixed.values())
-    ports = {**dict(zip(missing, picked)), **fixed}
-    # SeaweedFS's plugin worker dials the admin server at admin.port + 10000, whatever
-    # -admin.port.grpc says: keep that pair aligned.
-    while not ("admin" in fixed or port_free(ports["admin"] + _GRPC_OFFSET)):
-        (ports["admin"],) = pick_ports(1, avoid=ports.values())
-    ports["admin_grpc"] = ports["admin"] + _GRPC_OFFSET
-    require_free(ports["admin_grpc"], "admin_grpc (admin + 10000)")
-    (worker,) = pick_ports(1, span=RAY_WORKER_PORTS, avoid=ports.values())
-    ports["ray_worker_min"] = worker
-    return ports
-
-
-def _weed_cmd(state: StackState) -> list[str]:
-    p, data = state.ports, Path(state.state_dir) / "s3"
-    data.mkdir(parents=True, exist_ok=True)
-    return [find_binary("weed"), "mini", f"-dir={data}", f"-ip={LOOPBACK}",
-            f"-ip.bind={LOOPBACK}", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", f"-bucket={','.join(state.buckets)}"]
-
-
-def _mlflow_cmd(state: StackState) -> list[str]:
-    port = state.ports["mlflow"]
-    db = Path(state.state_dir).resolve() / "mlflow.db"
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-            "--serve-artifacts", "--artifacts-destination", MLFLOW_ARTIFACTS,
-            "--host", LOOPBACK, "--port", str(port), "--workers", "1",
-            "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port},{LOOPBACK},localhost"]
-
-
-def _ray_cmd(state: StackState, num_cpus: int, object_store_mb: int) -> list[str]:
-    p = state.ports
-    return [find_binary("ray"), "start", "--head", "--node-ip-address", LOOPBACK,
-            "--port", str(p["ray_gcs"]), "--dashboard-host", LOOPBACK,
-            "--dashboard-port", str(p["ray_dashboard"]), "--include-dashboard", "true",
-            "--ray-client-server-port", str(p["ray_client"]),
-            "--node-manager-port", str(p["ray_node_manager"]),
-            "--object-manager-port", str(p["ray_object_manager"]),
-            "--dashboard-agent-listen-port", str(p["ray_agent_http"]),
-            "--dashboard-agent-grpc-port", str(p["ray_agent_grpc"]),
-            "--runtime-env-agent-port", str(p["ray_runtime_env"]),
-            "--metrics-export-port", str(p["ray_metrics"]),
-            "--min-worker-port", str(p["ray_worker_min"]),
-            "--max-worker-port", str(p["ray_worker_min"] + RAY_WORKER_PORTS - 1),
-            "--num-cpus", str(num_cpus), "--object-store-memory",
-            str(object_store_mb * 2**20), "--temp-dir", state.ray_temp_dir,
-            "--disable-usage-stats"]
-
-
-def _server_env(state: StackState, creds: Credentials) -> dict[str, str]:
-    env = {**os.environ, **_env_for(state, creds)}
-    env.pop("RAY_API_SERVER_ADDRESS", None)
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["PYTHONUNBUFFERED"] = "1"
-    # MLflow's background job runner (3 huey consumer processes) serves no purpose here.
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    # The raylet aborts when its dashboard agent has not written its port file within this
-    # budget; Python agents start slowly on a busy machine (Ray's default is seconds).
-    env.setdefault("RAY_agent_register_timeout_ms", "120000")
-    # Ray job entrypoints say `python -m jobs...`: make that the stack's interpreter, as the
-    # image's venv is on PATH on a real cluster (jobs engineer).
-    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-    return env
-
-
-class _RayStarter(threading.Thread):
-    """Runs `ray start --head` (which daemonizes) in the background; `error` after join.
-
-    On a busy machine `ray start` can fail at start-up races it does not retry: its raylet
-    aborts when the dashboard agent is slow to write its port file, and `ray start` gives
-    the raylet a fixed 30 s to register. If the raylet survived, the health check waits
-    for it; if it died, that attempt's processes are stopped and `ray start` runs again.
-    """
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, marker: str,
-                 timeout_s: float, attempts: int = 3):
-        super().__init__(daemon=True)
-        self.cmd, self.env, self.log, self.marker = cmd, env, log, marker
-        self.timeout_s, self.attempts = timeout_s, attempts
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.error: BaseException | None = None
-        self.cancelled = False
-
-    def run(self) -> None:
-        try:
-            for attempt in range(1, self.attempts + 1):
-                self.proc = spawn(self.cmd, env=self.env, log_path=self.log)
-                code = self.proc.wait(self.timeout_s)
-                if code == 0 or self.cancelled:
-                    return
-                raylet_alive = any(r.name == "raylet" for r in find_by_marker(self.marker))
-                if raylet_alive and "timed out during startup" in tail(self.log, 3):
-                    return  # registers late; the health check waits for it
-                stop(tree(find_by_marker(self.marker)), timeout_s=3.0)
-                if attempt == self.attempts:
-                    raise StackError(f"`ray start` failed {attempt} times (code {code}); "
-                                     f"last lines of {self.log}:\n{tail(self.log)}")
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-            self.error = exc
-
-    def kill(self) -> None:
-        self.cancelled = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def _ensure_buckets(state: StackState, creds: Credentials) -> None:
     client = _s3_client(state, creds)
     have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
@@ -410,20 +263,21 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
     t0 = time.monotonic()
     sdir.mkdir(parents=True, exist_ok=True)
     creds = Credentials.load_or_create(sdir)
-    state = StackState(state_dir=str(sdir), ray_temp_dir=_ray_temp_dir(sdir),
-                       ports=_choose_ports(previous.ports if previous else None, ports or {}),
+    state = StackState(state_dir=str(sdir), ray_temp_dir=ray_temp_dir(sdir),
+                       ports=choose_ports(previous.ports if previous else None, ports or {}),
                        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     state.running = True
     state.save()
-    env, logs = _server_env(state, creds), sdir / "logs"
-    ray_start: _RayStarter | None = None
+    env, logs = server_env(_env_for(state, creds)), sdir / "logs"
+    ray_start: RayStarter | None = None
     try:
-        weed = spawn(_weed_cmd(state), env=env, log_path=logs / "s3.log", cwd=sdir)
+        weed = spawn(weed_cmd(state.ports, sdir, state.buckets), env=env, log_path=logs / "s3.log", cwd=sdir)
         _record(state, "s3", [ProcRef.of(weed.pid)])
-        mlflow = spawn(_mlflow_cmd(state), env=env, log_path=logs / "mlflow.log", cwd=sdir)
+        mlflow = spawn(mlflow_cmd(state.ports["mlflow"], sdir), env=env, log_path=logs / "mlflow.log", cwd=sdir)
         _record(state, "mlflow", [ProcRef.of(mlflow.pid)])
-        ray_start = _RayStarter(_ray_cmd(state, num_cpus, object_store_mb), env,
-                                logs / "ray.log", state.ray_temp_dir, timeout_s)
+        ray_start = RayStarter(ray_cmd(state.ports, state.ray_temp_dir, num_cpus,
+                                       object_store_mb), env, logs / "ray.log",
+                               state.ray_temp_dir, state.ports["ray_agent_http"], timeout_s)
         ray_start.start()
         wait_until(lambda: _check_s3(state, creds), what=f"SeaweedFS S3 at {state.s3_endpoint}",
                    timeout_s=timeout_s, log_path=logs / "s3.log", proc=weed)

@@ -381,20 +381,29 @@ def start_system_metrics(run_id: str, tracking_uri: str, node_id: str | None = N
 
 
 def log_encoder(run: RunRef, backbone: nn.Module, *, registered_model: str,
-                tags: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """Log `backbone` with `mlflow.pytorch.log_model` under the run and register it.
+                example_shape: tuple[int, ...], tags: Mapping[str, str] | None = None
+                ) -> tuple[str, str]:
+    """Log `backbone` (CPU, eval mode) with `mlflow.pytorch.log_model` and register it.
 
-    Returns (registered model name, version). `tags` are set on the model version (e.g.
-    `knn_top1`). Requirements are given explicitly (no slow inference in a subprocess).
+    The signature is (-1, C, H, W) float32 -> (-1, D) float32, inferred from a forward pass
+    on zeros of `example_shape` (N, C, H, W). Serialization is "pickle" (loading needs the
+    `mocopipe` package); `encoder.safetensors` is the framework-neutral copy. Requirements
+    are given explicitly (no slow inference in a subprocess). `tags` are set on the model
+    version (e.g. `knn_top1`). Returns (registered model name, version).
     """
     import mlflow
     import mlflow.pytorch
     import torch
+    from mlflow.models import infer_signature
 
+    with torch.no_grad():
+        x = torch.zeros(example_shape)
+        signature = infer_signature(x.numpy(), backbone(x).numpy())
     mlflow.set_tracking_uri(run.tracking_uri)
     mlflow.set_experiment(experiment_id=run.experiment_id)
     info = mlflow.pytorch.log_model(
         backbone, name="encoder", registered_model_name=registered_model, run_id=run.run_id,
+        serialization_format="pickle", signature=signature,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mocopipe"])
     version = str(info.registered_model_version)
     client = client_for(run.tracking_uri)

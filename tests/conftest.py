@@ -31,18 +31,17 @@ def stack() -> Iterator[stack_mod.StackInfo]:
     # Not under pytest's basetemp: pytest deletes all but its 3 newest basetemps, including
     # those of other sessions still running on the same machine.
     state_dir = Path(tempfile.mkdtemp(prefix="mocopipe-stack-"))
-    saved = {k: os.environ.get(k) for k in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-        "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "RAY_ADDRESS",
-        "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    saved: dict[str, str | None] = {}
     try:
         t0 = time.monotonic()
         stack_mod.up(state_dir, timeout_s=240)
         print(f"\n[stack] up in {time.monotonic() - t0:.1f}s at {state_dir}", file=sys.stderr)
         info = stack_mod.info(state_dir)
+        saved = {key: os.environ.get(key) for key in info.env}
         os.environ.update(info.env)
         yield info
     finally:
+        state = stack_mod.load_state(state_dir)
         try:
             _shutdown_ray_client()
         finally:
@@ -52,6 +51,9 @@ def stack() -> Iterator[stack_mod.StackInfo]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+        survivors = [r for r in (state.refs() if state else []) if r.alive()]
+        if survivors:  # `down` must leave no process of ours running
+            raise RuntimeError(f"stack processes still alive after down: {survivors}")
 
 
 def _shutdown_ray_client() -> None:

@@ -83,7 +83,7 @@ def network_throughput(storage: Storage, shard_uris: list[str], *, rounds: int =
     raw = moved["raw"] / _MB / max(spent["raw"], 1e-9)
     ours = moved["stream"] / _MB / max(spent["stream"], 1e-9)
     return {"raw_get_mb_s": raw, "stream_mb_s": ours, "stream_vs_raw_get": ours / raw,
-            "network_mb": moved["raw"] / _MB}
+            "network_mb": moved["raw"] / _MB / rounds}
 
 
 def bench_ingest(dataset_uri: str, *, storage_cfg: StorageConfig | None = None,

@@ -90,8 +90,9 @@ class ShardReader:
         ``corrupt`` is the number of corrupt samples met before ``cursor`` (from the
         loader's state), so the corrupt fraction spans the whole epoch across resumes.
         """
-        if plan.samples < 1:
-            raise ValueError(f"reader {plan.reader} of rank {plan.rank}: the plan has no samples")
+        if plan.batches > 0 and plan.samples < 1:
+            raise ValueError(f"reader {plan.reader} of rank {plan.rank}: the plan asks for "
+                             f"{plan.batches} batches but has no samples")
         if cursor < 0 or corrupt < 0 or corrupt > cursor:
             raise ValueError(f"reader {plan.reader}: bad resume point cursor={cursor}, "
                              f"corrupt={corrupt}")

@@ -87,8 +87,11 @@ def validate_image(data: bytes, ext: str) -> str:
     return ext if ext in allowed else allowed[0]
 
 
+Triple = tuple[str, str, str | None]  # (relative path, extension, class name)
+
+
 def _assign(relpaths: list[str], labels: str, where: str,
-            skipped: list[dict[str, str]]) -> tuple[list[tuple[str, str, str | None]], list[str] | None]:
+            skipped: list[dict[str, str]]) -> tuple[list[Triple], list[str] | None]:
     """Split sorted relative paths into (relpath, ext, class) and the class list."""
     images: list[tuple[str, str]] = []
     for rel in relpaths:
@@ -102,7 +105,7 @@ def _assign(relpaths: list[str], labels: str, where: str,
                                       f" (expected {', '.join('.' + e for e in IMAGE_EXTS)})"})
     subs = sorted({rel.split("/", 1)[0] for rel, _ in images if "/" in rel})
     use_folders = labels == "folders"
-    out: list[tuple[str, str, str | None]] = []
+    out: list[Triple] = []
     for rel, ext in images:
         if not use_folders:
             out.append((rel, ext, None))
@@ -114,7 +117,7 @@ def _assign(relpaths: list[str], labels: str, where: str,
     return out, (subs if use_folders else None)
 
 
-def _items(where: str, triples: list[tuple[str, str, str | None]],
+def _items(where: str, triples: list[Triple],
            ref: Callable[[str], str]) -> list[InputItem]:
     seen: set[str] = set()
     items = []

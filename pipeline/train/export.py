@@ -40,8 +40,9 @@ def view_pairs_png(view1: torch.Tensor, view2: torch.Tensor, path: str) -> str:
 
 def export_run(run: RunRef, backbone: nn.Module, *, registered_model: str,
                knn_top1: float | None, views: tuple[torch.Tensor, torch.Tensor] | None,
-               final_step: int) -> tuple[str, str]:
-    """Log encoder.safetensors and plots/view_pairs.png, then log + register the backbone.
+               final_step: int, example_shape: tuple[int, ...]) -> tuple[str, str]:
+    """Log encoder.safetensors and plots/view_pairs.png, then log + register the backbone
+    (a CPU copy in eval mode; `example_shape` (N, C, H, W) gives the model signature).
 
     Returns (registered model name, version).
     """
@@ -58,12 +59,9 @@ def export_run(run: RunRef, backbone: nn.Module, *, registered_model: str,
     tags: dict[str, Any] = {"mocopipe.run_id": run.run_id, "mocopipe.step": final_step}
     if knn_top1 is not None:
         tags["knn_top1"] = f"{knn_top1:.4f}"
-    was_training = backbone.training
     backbone.eval()
-    try:
-        name, version = log_encoder(run, backbone, registered_model=registered_model, tags=tags)
-    finally:
-        backbone.train(was_training)
+    name, version = log_encoder(run, backbone, registered_model=registered_model,
+                                example_shape=example_shape, tags=tags)
     client.set_tag(run.run_id, "mocopipe.registered_model", name)
     client.set_tag(run.run_id, "mocopipe.registered_version", version)
     return name, version

@@ -170,7 +170,10 @@ def train(cfg: Config, run: Any, *, device: torch.device,
                 print(f"[mocopipe] resumed from checkpoint step {step}", flush=True)
         ddp = dist.wrap_ddp(model)
 
+        saved_at = [-1]  # the step of the last save (the same on every rank)
+
         def save(at: int, last: bool = False) -> None:
+            saved_at[0] = at
             # BN running statistics are per rank (DDP without buffer broadcast): make them
             # equal first, so rank 0's model state is every rank's and a resume is exact.
             dist.average_bn_stats(model)
@@ -269,7 +272,10 @@ def train(cfg: Config, run: Any, *, device: torch.device,
             return TrainResult(step, total, last_loss, knn_acc, stopped=True)
         if evaluated_at != step:
             knn_acc = evaluate()
-        save(step, last=True)
+        if saved_at[0] != step:
+            save(step, last=True)
+        else:
+            ckpt.close()  # already saved at this step: wait for its upload
         name = version = None
         if tracking is not None:
             tracking.close()
@@ -277,9 +283,11 @@ def train(cfg: Config, run: Any, *, device: torch.device,
             backbone = copy.deepcopy(model.backbone).cpu()
             from pipeline.train.export import export_run
 
+            side = cfg.data.image_size
             name, version = export_run(run, backbone, registered_model=cfg.mlflow.registered_model
                                        or f"{t.name}-encoder", knn_top1=knn_acc, views=views,
-                                       final_step=step)
+                                       final_step=step,
+                                       example_shape=(2, cfg.data.channels, side, side))
         return TrainResult(step, total, last_loss, knn_acc, False, name, version)
     finally:
         loader.close()

@@ -63,7 +63,7 @@ def chrome() -> Iterator[Any]:
 
 @dataclass
 class UiRun:
-    """A finished training-like run on the stack's MLflow server."""
+    """A finished training run on the stack's MLflow server, and what its page must show."""
 
     tracking_uri: str
     experiment_id: str
@@ -71,6 +71,7 @@ class UiRun:
     run_name: str
     model_name: str
     model_version: str
+    checkpoint_dir: str  # one folder under checkpoints/, e.g. "step-0000010"
 
     @property
     def url(self) -> str:
@@ -78,11 +79,36 @@ class UiRun:
 
 
 @pytest.fixture(scope="session")
-def ui_run(stack: Any) -> UiRun:
-    """A run shaped like a demo training run: config params and provenance-like tags, a `loss`
-    metric over steps, a `checkpoints/step-0000010/` artifact folder, and a registered encoder
-    version. Built with the project's tracking module and the MLflow client,
-    so the page is the one a training run gets."""
+def ui_run(request: pytest.FixtureRequest, stack: Any) -> UiRun:
+    """The run to browse: the session's real tiny training run (`reference_run`) when a
+    conftest visible from here provides it, else a run built like one (see `_built_run`)."""
+    try:
+        reference = request.getfixturevalue("reference_run")
+    except pytest.FixtureLookupError:
+        return _built_run()
+    return _from_summary(reference.summary)
+
+
+def _from_summary(summary: dict[str, Any]) -> UiRun:
+    """A `mocopipe train --json` summary -> UiRun (its first checkpoint folder)."""
+    from pipeline.tracking import client_for
+
+    uri = os.environ["MLFLOW_TRACKING_URI"].rstrip("/")
+    client = client_for(uri)
+    run = client.get_run(summary["run_id"])
+    ckpts = sorted(i.path for i in client.list_artifacts(run.info.run_id, "checkpoints"))
+    assert ckpts, f"training run {run.info.run_id} logged no checkpoints"
+    return UiRun(uri, run.info.experiment_id, run.info.run_id, run.info.run_name,
+                 summary["registered_model"], str(summary["model_version"]),
+                 ckpts[0].rsplit("/", 1)[-1])
+
+
+def _built_run() -> UiRun:
+    """A run shaped like a demo training run: the demo config as params (via the project's
+    tracking module), a `loss` metric over steps, a `checkpoints/step-0000010/` folder, and a
+    registered encoder version."""
+    from mlflow.entities import Metric
+
     from pipeline.config import load_config
     from pipeline.tracking import client_for, open_run
 
@@ -91,8 +117,6 @@ def ui_run(stack: Any) -> UiRun:
                              f"mlflow.registered_model=browser-{tag}-encoder"])
     run = open_run(cfg, run_name=f"demo-browser-{tag}", tags={"mocopipe.dataset": cfg.data.train})
     client = client_for(run.tracking_uri)
-    from mlflow.entities import Metric
-
     metrics = [Metric("loss", 8.3 - 0.9 * i + 0.1 * (i % 2), 1_700_000_000_000 + i, 10 * i)
                for i in range(1, 9)]
     client.log_batch(run.run_id, metrics=metrics)
@@ -109,4 +133,4 @@ def ui_run(stack: Any) -> UiRun:
     mv = client.create_model_version(model, source=f"runs:/{run.run_id}/encoder",
                                      run_id=run.run_id)
     return UiRun(run.tracking_uri, run.experiment_id, run.run_id, run.run_name, model,
-                 str(mv.version))
+                 str(mv.version), "step-0000010")

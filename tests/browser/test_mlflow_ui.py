@@ -74,8 +74,9 @@ def test_run_page_shows_name_loss_chart_checkpoints_and_model(chrome: Any, ui_ru
     folder = _wait(chrome, "the checkpoints folder", lambda d: next(iter(d.find_elements(
         By.CSS_SELECTOR, "[data-testid='artifact-tree-node'][artifact-name='checkpoints']")), None))
     folder.click()
-    _wait(chrome, "checkpoints/step-0000010", lambda d: d.find_elements(
-        By.CSS_SELECTOR, "[data-testid='artifact-tree-node'][artifact-name='step-0000010']"))
+    _wait(chrome, f"checkpoints/{ui_run.checkpoint_dir}", lambda d: d.find_elements(
+        By.CSS_SELECTOR,
+        f"[data-testid='artifact-tree-node'][artifact-name='{ui_run.checkpoint_dir}']"))
     assert chrome.save_screenshot(str(tmp_path / "run-artifacts.png"))
 
     if os.environ.get("MOCOPIPE_UPDATE_SCREENSHOT") == "1":

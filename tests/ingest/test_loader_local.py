@@ -86,6 +86,12 @@ def test_two_ranks_with_uneven_shards_get_equal_full_batches(tmp_path: Any) -> N
     assert len(seen) == len(set(seen)) == steps[0] * 12  # no sample twice within the epoch
 
 
+def test_more_readers_than_steps(tmp_path: Any) -> None:
+    shards = write_local(str(tmp_path), [10, 9])
+    loader = _loader(str(tmp_path), shards, readers=3)  # steps 2: reader 2 gets nothing
+    assert [len(b["keys"]) for b in _run(loader)] == [8, 8]
+
+
 def test_batches_mix_samples_across_shards(tmp_path: Any) -> None:
     shards = write_local(str(tmp_path), [16, 16, 16, 16])
     batches = _run(_loader(str(tmp_path), shards, readers=1, window=32))

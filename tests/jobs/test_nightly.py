@@ -43,7 +43,7 @@ def _register(name: str, module: nn.Module) -> str:
     mlflow.set_experiment(f"{name}-models")
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(module, name="encoder", registered_model_name=name,
-                                        pip_requirements=["torch"])
+                                        serialization_format="pickle", pip_requirements=["torch"])
     return str(info.registered_model_version)
 
 
@@ -131,7 +131,8 @@ def test_nightly_trains_on_new_shards_after_append(stack, storage, jobs_data) ->
     again = run_nightly(cfg, "2026-11-01", train=stand_in_train, score=score, **quiet)
     assert again["state"] == "already-done" and len(seen) == 1
 
-    write_shards("fashion-mnist:train", train_uri, storage=storage, max_samples=128,
+    # New images arrive (an append of identical bytes would be deduplicated, so other ones).
+    write_shards("fashion-mnist:test", train_uri, storage=storage, max_samples=128,
                  samples_per_shard=64, workers=2, append=True, progress=False)
     new = [s.key for s in read_manifest(storage, train_uri).shards if s.key not in old]
     assert len(new) == 2

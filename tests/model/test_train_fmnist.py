@@ -1,10 +1,12 @@
 """A short single-process MoCo v2 run on Fashion-MNIST learns something real.
 
-~3000 training images, 28 px, the small CNN, SplitBatchNorm (4 simulated devices) with the
-shuffled key batch, real aug+ (`pipeline.augment.two_views` + `BatchAugment`). Checked: the
-InfoNCE loss ends clearly below the chance level ln(K+1), and kNN top-1 (cosine, k=200,
-t=0.1; `pipeline.evaluate.knn_top1`) of the trained backbone beats the same architecture with
-its random initial weights by a margin measured on this setup (see MARGIN).
+3072 training images, 120 steps of 128, 28 px, the small CNN (width 16), SplitBatchNorm
+(4 simulated devices) with the shuffled key batch, real aug+ (`pipeline.augment.two_views`
++ `BatchAugment`). Checked: the InfoNCE loss ends clearly below the chance level ln(K+1) and
+below its value when the queue first holds only real keys (it rises while the random initial
+negatives leave the queue), and kNN top-1 (cosine, k=200, t=0.1;
+`pipeline.evaluate.knn_top1`) of the trained backbone beats the same architecture with its
+random initial weights by a margin measured on this setup (MARGIN). About 45 s of CPU time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ N_TRAIN, N_QUERY, BATCH, STEPS, WIDTH, LR = 3072, 1000, 128, 120, 16, 0.06
 MOCO = MocoConfig(dim=64, queue_size=1024, momentum=0.99, temperature=0.2, bn="split",
                   bn_splits=4)
 AUG = AugmentConfig(crop_scale_min=0.3, mean=[0.286], std=[0.353], blur_p=0.2)
-MARGIN = 0.05  # measured: see the closing note of issue 5
+MARGIN = 0.05  # measured +0.114 for seed 0 (seeds 1-2 at other settings: +0.045 to +0.06)
 
 
 def _views(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator
@@ -76,9 +78,20 @@ def train_and_eval(steps: int = STEPS, width: int = WIDTH, seed: int = 0) -> dic
             "knn_trained": knn(moco.backbone), "knn_random": knn(random_encoder)}
 
 
-def test_short_fmnist_training_learns() -> None:
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch: on a shared 2-core machine this is the cheapest in CPU time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_short_fmnist_training_learns(one_thread: None) -> None:
     r = train_and_eval()
-    chance = math.log(MOCO.queue_size + 1)
+    chance = math.log(MOCO.queue_size + 1)  # 6.93 for K = 1024
+    # Measured (seed 0): loss 6.68 when the queue first holds only real keys -> 5.62 at the end;
+    # kNN top-1 0.539 (random weights) -> 0.653 (trained).
     assert r["loss_last"] < chance - 1.0, r
-    assert r["loss_last"] < r["loss_first"] - 0.5, r
+    assert r["loss_last"] < r["loss_queue_full"] - 0.5, r
     assert r["knn_trained"] > r["knn_random"] + MARGIN, r

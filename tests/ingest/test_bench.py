@@ -1,0 +1,35 @@
+"""`mocopipe bench ingest` end to end on a tiny local dataset (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.shards.synthetic import write_jpeg_folder
+from pipeline.shards.writer import write_shards
+from pipeline.storage import Storage
+
+pytestmark = pytest.mark.unit
+
+
+def test_bench_ingest_json_reports_both_ratios(tmp_path: Any, capsys: Any) -> None:
+    write_jpeg_folder(str(tmp_path / "jpegs"), 6, width=64, height=48)
+    dest = str(tmp_path / "ds")
+    manifest = write_shards(str(tmp_path / "jpegs"), dest, storage=Storage(),
+                            samples_per_shard=3, progress=False, workers=1)
+    rc = main(["bench", "ingest", dest, "--json", "--samples", "5", "--size", "32",
+               "--rounds", "1", "--net-rounds", "1"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 5 and report["shards"] == 2
+    assert report["network_mb"] * 2**20 == pytest.approx(manifest.total_bytes)
+    for key in ("cpu_vs_reference", "stream_vs_raw_get", "ours_samples_per_core_s",
+                "reference_samples_per_core_s", "raw_get_mb_s", "stream_mb_s"):
+        assert report[key] > 0, key
+    assert report["cpu_vs_reference"] == pytest.approx(
+        report["ours_samples_per_core_s"] / report["reference_samples_per_core_s"])
+    with pytest.raises(ValueError, match="samples=0"):
+        main(["bench", "ingest", dest, "--samples", "0"])

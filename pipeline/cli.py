@@ -157,7 +157,7 @@ def _add_shards(sub: Any) -> None:
                    help="folders: class sub-folders are labels (auto: see docs)")
     w.add_argument("--append", action="store_true", help="add new shards to the dataset")
     w.add_argument("--dataset", default=None, help="dataset name in the manifest")
-    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--quiet", action="store_true", help="no progress bar (summary only)")
     storage_args(w)
     w.set_defaults(func=_cmd_shards_write)
 
@@ -190,7 +190,7 @@ def _cmd_shards_write(args: argparse.Namespace) -> int:
         write_shards(args.src, args.dest, storage=_shards_storage(args), shard_size_bytes=size,
                      samples_per_shard=args.samples_per_shard, max_samples=args.max_samples,
                      workers=args.workers, labels=args.labels, append=args.append,
-                     dataset=args.dataset, progress=not args.quiet)
+                     dataset=args.dataset, progress=not args.quiet, summary=True)
     except ValueError as exc:  # bad arguments / empty source: one line, no traceback
         print(f"mocopipe: error: {exc}", file=sys.stderr)
         return 2

@@ -12,11 +12,13 @@ file falls back to `mlflow.pytorch.load_model` of the registered/logged model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -327,7 +329,13 @@ def log_report(loaded: LoadedEncoder, report: EvalReport, tracking_uri: str) -> 
             for key, value in version_tags(report, run_id).items():
                 client.set_model_version_tag(loaded.model_name, loaded.model_version, key, value)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        _terminate(client, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    _terminate(client, run_id, "FINISHED")
     return run_id
+
+
+def _terminate(client: Any, run_id: str, status: str) -> None:
+    """End the run; MLflow's "View run at" lines go to stderr so stdout stays ours (--json)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        client.set_terminated(run_id, status=status)

@@ -105,7 +105,8 @@ def test_evaluate_cli_prints_logs_and_tags(registered: dict[str, Any], labelled:
 
     # The table form names the three rows.
     assert main(["evaluate", f"models:/{model}/{version}", "--data", labelled, "--no-log",
-                 "--set", "eval.probe_epochs=2", "--set", "eval.max_bank=256"]) == 0
+                 "--set", "eval.probe_epochs=1", "--set", "eval.max_bank=128",
+                 "--set", "eval.max_queries=64"]) == 0
     table = capsys.readouterr().out
     assert f"{model} v{version}" in table and "random-init" in table and "raw pixels" in table
 

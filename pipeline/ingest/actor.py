@@ -17,12 +17,11 @@ from pipeline.ingest.reader import ShardReader
 ReaderActor = ray.remote(ShardReader)
 
 
-def start_reader_actor(ingest: IngestConfig, *, runtime_env: dict[str, Any] | None = None,
-                       **kwargs: Any) -> Any:
-    """Start one reader actor; ``kwargs`` are `ShardReader`'s constructor arguments.
+def start_reader_actor(ingest: IngestConfig, **kwargs: Any) -> Any:
+    """Start one reader actor; ``kwargs`` are `ShardReader`'s other constructor arguments.
 
-    ``runtime_env`` (e.g. ``{"env_vars": {...}}``) passes the S3 credentials of the caller's
-    environment to the actor's process, wherever Ray places it.
+    The actor inherits its worker's environment (S3 credentials come from there, as for any
+    `Storage`); the endpoint travels in the `StorageConfig`.
 
     Returns the actor handle. ``max_restarts=0``: a reader that dies fails the epoch loudly
     (the train worker restarts from its checkpoint, which holds the data cursor).
@@ -30,6 +29,4 @@ def start_reader_actor(ingest: IngestConfig, *, runtime_env: dict[str, Any] | No
     options: dict[str, Any] = {"num_cpus": ingest.reader_num_cpus, "max_restarts": 0}
     if ingest.reader_resources:
         options["resources"] = dict(ingest.reader_resources)
-    if runtime_env:
-        options["runtime_env"] = runtime_env
     return ReaderActor.options(**options).remote(ingest=ingest, **kwargs)

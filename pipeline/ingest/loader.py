@@ -32,9 +32,6 @@ from pipeline.ingest.metrics import IngestMetrics
 from pipeline.ingest.reader import ShardReader
 from pipeline.shards.plan import EpochPlan, plan_epoch
 
-_ENV_FOR_READERS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                    "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-
 
 class Loader:
     """Batches for one rank. See the module docstring; constructor per docs/ARCHITECTURE.md.
@@ -68,7 +65,7 @@ class Loader:
                       dataset_uri=dataset_uri, batch_size=per_rank_batch)
         n = ingest.readers_per_worker
         if use_ray:
-            self._readers: list[Any] = _start_actors(ingest, n, kwargs)
+            self._readers: list[Any] = _start_actors(n, kwargs)
         else:
             self._readers = [ShardReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
 
@@ -201,12 +198,13 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _start_actors(ingest: IngestConfig, n: int, kwargs: dict[str, Any]) -> list[Any]:
+def _start_actors(n: int, kwargs: dict[str, Any]) -> list[Any]:
     import ray
 
     from pipeline.ingest.actor import start_reader_actor
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
-    env = {k: os.environ[k] for k in _ENV_FOR_READERS if os.environ.get(k)}
-    return [start_reader_actor(runtime_env={"env_vars": env}, **kwargs) for _ in range(n)]
+    # S3 credentials reach the actors through their worker environment (the node's, or the
+    # job's runtime_env), never as actor arguments: those show up in Ray's state API.
+    return [start_reader_actor(**kwargs) for _ in range(n)]

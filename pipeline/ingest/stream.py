@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from typing import Any
 
 from pipeline.storage import ObjectNotFound, Storage, StorageError

@@ -55,7 +55,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.copy_(running_mean.view(s, c).mean(dim=0))
                 self.running_var.copy_(running_var.view(s, c).mean(dim=0))
         # (N/S, S*C, H, W) -> (N/S, S, C, H, W) -> (S, N/S, C, H, W) -> (N, C, H, W)
-        return ys.view(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        return ys.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
 
 def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:

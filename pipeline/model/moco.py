@@ -73,7 +73,9 @@ class MoCo(nn.Module):
     copies, requires_grad=False), queue.{queue, ptr, count}, and `step` (forward calls so far;
     it seeds the shuffle permutation, so a resumed run draws the same permutations).
 
-    `seed` fixes the shuffle permutations (drawn on rank 0 and broadcast).
+    `seed` fixes the shuffle permutations (drawn on rank 0 and broadcast). With bn "split" or
+    "sync" the BatchNorm layers of `encoder_q` are replaced in place before the key encoder is
+    copied from it.
     """
 
     step: torch.Tensor
@@ -156,7 +158,8 @@ class MoCo(nn.Module):
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
             momentum_update(self.head_q, self.head_k, self.momentum)
         queue_fill = self.queue.fill()
-        negatives = self.queue.queue.clone()  # (dim, K): enqueue below must not alter autograd inputs
+        # (dim, K) snapshot: the in-place enqueue below must not modify a tensor autograd saved.
+        negatives = self.queue.queue.clone()
         q1 = self._query(view1)
         k2 = self._key(view2, step, salt=0)
         loss, acc1 = info_nce(q1, k2, negatives, self.temperature)

@@ -128,13 +128,14 @@ def _same(a: Manifest, b: Manifest) -> bool:
 def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int = 256 * 2**20,
                  samples_per_shard: int = 0, max_samples: int = 0, workers: int = 4,
                  labels: str = "auto", append: bool = False, dataset: str | None = None,
-                 progress: bool = True) -> Manifest:
+                 progress: bool = True, summary: bool | None = None) -> Manifest:
     """Write `src` as ``dest/shard-NNNNNN.tar`` + ``dest/manifest.json``; return the manifest.
 
     `shard_size_bytes` / `samples_per_shard` (0 = no cap) close a shard; `max_samples` caps
     the samples written (0 = all). Errors before any upload: bad arguments, missing
     credentials or bucket, a missing or empty source, an append whose labels do not match.
-    Unreadable inputs are skipped and listed in ``manifest.skipped``.
+    Unreadable inputs are skipped and listed in ``manifest.skipped``. `progress` shows a
+    progress bar on stderr; `summary` (default: same as `progress`) prints the final line.
     """
     for name, value, low in (("shard_size_bytes", shard_size_bytes, 1), ("workers", workers, 1),
                              ("samples_per_shard", samples_per_shard, 0),
@@ -201,7 +202,7 @@ def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int
         manifest = old  # nothing changed (a re-run of a finished write): keep its manifest
     else:
         write_manifest(storage, dest, manifest)  # LAST: only now do readers see the shards
-    if progress:
+    if progress if summary is None else summary:
         print(sink.summary(dest, written, len(skipped), time.monotonic() - started), flush=True)
     return manifest
 

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 from pipeline.config import Config, from_dict
@@ -110,8 +111,12 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
                    tags=provenance_tags(cfg.data.train, manifest.sha256))
     print(f"[mocopipe] MLflow run {run.run_id} ({'continued' if run.resumed else 'new'}): "
           f"{run.url}", flush=True)
+    # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
+    # patch would send every line a second time through its logger.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     init_ray(cfg)
-    flag = ray.remote(num_cpus=0)(StopFlag).options(name=f"mocopipe-stop-{run.run_id}").remote()
+    flag_name = f"mocopipe-stop-{run.run_id}-{uuid.uuid4().hex[:8]}"  # unique per driver
+    flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopping: list[bool] = []
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -128,7 +133,7 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg.to_dict(), "run": dataclasses.asdict(run),
-                           "stop_actor": f"mocopipe-stop-{run.run_id}",
+                           "stop_actor": flag_name,
                            "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),

@@ -79,4 +79,5 @@ def test_a_corrupted_shard_on_s3_is_skipped_and_counted(s3_dataset: Any,
     m = loader.metrics()
     unique = {k for b in batches for k in b["keys"]}
     lost = 30 - sum(1 for k in unique if k.startswith("s001"))
-    assert lost >= 10 and m["corrupt"] >= lost and m["repeats"] >= lost - 2
+    # (2 of the 90 samples are not planned this epoch: they may be among the "lost" ones)
+    assert lost >= 10 and m["corrupt"] >= lost - 2 and m["repeats"] >= lost - 2

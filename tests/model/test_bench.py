@@ -22,7 +22,7 @@ def test_bench_train_reports_both_sides_and_their_ratio() -> None:
     r = bench_train(ModelConfig(arch="small_cnn", width=4), MocoConfig(dim=8, queue_size=32),
                     image_size=16, channels=1, batch=4, steps=1, warmup=0, rounds=1)
     assert r["moco_img_s"] > 0 and r["supervised_img_s"] > 0
-    assert r["ratio"] == pytest.approx(r["moco_img_s"] / r["supervised_img_s"], rel=1e-3)
+    assert r["ratio"] == pytest.approx(r["moco_img_s"] / r["supervised_img_s"], rel=1e-2)
     assert "ratio MoCo / supervised" in format_report(r)
 
 

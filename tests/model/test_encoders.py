@@ -119,6 +119,8 @@ def test_split_batchnorm_equals_per_chunk_batchnorm() -> None:
         mean_of_chunks = torch.stack([getattr(c, stat) for c in chunks]).mean(0)
         torch.testing.assert_close(getattr(split, stat), mean_of_chunks)
     assert int(split.num_batches_tracked) == 1
+    cl = split(x.contiguous(memory_format=torch.channels_last))  # channels_last input works
+    torch.testing.assert_close(cl, out, rtol=1e-5, atol=1e-5)
     split.eval()  # eval: ordinary BN with the running statistics
     ref = nn.BatchNorm2d(5).eval()
     ref.load_state_dict(split.state_dict())

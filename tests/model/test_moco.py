@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import MocoConfig
-from pipeline.model import MoCo, momentum_update, resnet18, small_cnn
+from pipeline.model import MoCo, info_nce, momentum_update, resnet18, small_cnn
 
 pytestmark = pytest.mark.unit
 
@@ -117,9 +117,9 @@ def test_symmetric_enqueues_each_key_batch_once_after_both_losses() -> None:
         k2 = F.normalize(moco.head_k(moco.encoder_k(v2)), dim=1)
         q1 = F.normalize(moco.head_q(moco.encoder_q(v1)), dim=1)
         q2 = F.normalize(moco.head_q(moco.encoder_q(v2)), dim=1)
-    torch.testing.assert_close(moco.queue.queue[:, :16].T, torch.cat([k2, k1]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moco.queue.queue[:, :16].T, torch.cat([k2, k1]),
+                               rtol=1e-5, atol=1e-5)
     # Both directions used the queue as it was before this step (no self-negatives).
-    from pipeline.model import info_nce
     l12, _ = info_nce(q1, k2, queue_before, 0.2)
     l21, _ = info_nce(q2, k1, queue_before, 0.2)
     assert loss.item() == pytest.approx(0.5 * (l12 + l21).item(), rel=1e-5)

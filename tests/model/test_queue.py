@@ -96,5 +96,6 @@ def test_enqueue_of_keys_gathered_from_ranks_gives_identical_queues() -> None:
     for qu in queues[1:]:
         torch.testing.assert_close(qu.queue, queues[0].queue, rtol=0, atol=0)
     # 5 steps x 12 keys = 60 = 2.5 laps of 24: slots 0..11 hold step 4, in rank order.
-    assert queues[0].queue[0, :12].tolist() == [4000 + 100 * r + i for r in range(3) for i in range(4)]
+    expected = [4000 + 100 * r + i for r in range(3) for i in range(4)]
+    assert queues[0].queue[0, :12].tolist() == expected
     assert int(queues[0].ptr) == 60 % 24

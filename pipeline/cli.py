@@ -315,7 +315,7 @@ def _add_bench_ingest(s: Any) -> None:
     p.add_argument("--samples", type=int, default=200, help="images for the CPU comparison")
     p.add_argument("--size", type=int, default=224, help="view size in pixels")
     p.add_argument("--rounds", type=int, default=3, help="interleaved passes of the CPU comparison")
-    p.add_argument("--net-rounds", type=int, default=2, help="passes over the shards for MB/s")
+    p.add_argument("--net-rounds", type=int, default=3, help="passes over the shards for MB/s")
     p.add_argument("--max-mb", type=float, default=1024, help="cap on shard MB per network pass")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench_ingest)

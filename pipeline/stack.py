@@ -235,7 +235,10 @@ def _ensure_buckets(state: StackState, creds: Credentials) -> None:
     have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     for bucket in state.buckets:
         if bucket not in have:
-            client.create_bucket(Bucket=bucket)
+            try:
+                client.create_bucket(Bucket=bucket)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass  # `weed mini -bucket=...` created it in the meantime (jobs engineer)
 
 
 def _record(state: StackState, service: str, refs: list[ProcRef]) -> None:
@@ -310,14 +313,12 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
 
 def _stop_all(state: StackState) -> list[int]:
     """Stop every process of this stack: recorded PIDs, their children, and Ray's session."""
-    # S3 and MLflow exit within a second of SIGTERM. Ray's daemons (gcs_server, raylet,
-    # agents) may linger on a busy machine; their state is disposable, so they get a short
-    # grace period before SIGKILL, like `ray stop --force`.
-    stopped = stop(tree(state.refs("s3") + state.refs("mlflow")), timeout_s=5.0)
-    ray = state.refs("ray")
+    # One SIGTERM to all, then SIGKILL after a short grace: MLflow's uvicorn waits for
+    # idle keep-alive clients, and Ray's daemons hold disposable state (`ray stop --force`).
+    refs = state.refs()
     if state.ray_temp_dir:
-        ray += find_by_marker(state.ray_temp_dir)  # workers started after `up`
-    stopped += stop(tree(ray), timeout_s=3.0)
+        refs += find_by_marker(state.ray_temp_dir)  # Ray workers started after `up`
+    stopped = stop(tree(refs), timeout_s=5.0)
     state.running = False
     state.save()
     return stopped

@@ -43,29 +43,36 @@ def ray_temp_dir(state_dir: Path) -> str:
 
 
 def choose_ports(previous: dict[str, int] | None, fixed: dict[str, int]) -> dict[str, int]:
-    """User-fixed ports (must be free), else the previous run's (if free), else random."""
+    """Each port: user-fixed (must be free), else the previous run's if free, else a new one.
+
+    Keeping the previous ports keeps a restarted stack's endpoints (and `mocopipe env`) stable.
+    """
     for name, port in fixed.items():
         if name not in PORT_NAMES:
             raise StackError(f"unknown port name {name!r}; valid: {', '.join(PORT_NAMES)}")
         require_free(port, name)
     prev = previous or {}
-    reuse = {n: p for n, p in prev.items() if n in PORT_NAMES and n not in fixed}
-    reuse_worker = prev.get("ray_worker_min")
-    if all(port_free(p) for p in reuse.values()) and len(reuse) + len(fixed) == len(PORT_NAMES) \
-            and reuse_worker is not None \
-            and prev.get("admin_grpc") == prev.get("admin", 0) + _GRPC_OFFSET \
-            and all(port_free(p) for p in range(reuse_worker, reuse_worker + RAY_WORKER_PORTS)):
-        return {**reuse, **fixed, "ray_worker_min": reuse_worker}
-    missing = [n for n in PORT_NAMES if n not in fixed and n != "admin_grpc"]
-    picked = pick_ports(len(missing), avoid=fixed.values())
-    ports = {**dict(zip(missing, picked)), **fixed}
+    ports = dict(fixed)
+    for name in PORT_NAMES:
+        old = prev.get(name)
+        if name not in ports and old is not None and old not in ports.values() \
+                and port_free(old):
+            ports[name] = old
+    missing = [n for n in PORT_NAMES if n not in ports]
+    ports.update(zip(missing, pick_ports(len(missing), avoid=ports.values())))
     # SeaweedFS's plugin worker dials the admin server at admin.port + 10000, whatever
     # -admin.port.grpc says: keep that pair aligned.
-    while not ("admin" in fixed or port_free(ports["admin"] + _GRPC_OFFSET)):
-        (ports["admin"],) = pick_ports(1, avoid=ports.values())
+    if "admin" not in fixed:
+        while ports["admin_grpc"] != ports["admin"] + _GRPC_OFFSET and not (
+                ports["admin"] + _GRPC_OFFSET not in ports.values()
+                and port_free(ports["admin"] + _GRPC_OFFSET)):
+            (ports["admin"],) = pick_ports(1, avoid=ports.values())
     ports["admin_grpc"] = ports["admin"] + _GRPC_OFFSET
     require_free(ports["admin_grpc"], "admin_grpc (admin + 10000)")
-    (worker,) = pick_ports(1, span=RAY_WORKER_PORTS, avoid=ports.values())
+    worker = prev.get("ray_worker_min")
+    block = range(worker, worker + RAY_WORKER_PORTS) if worker else range(0)
+    if not block or any(p in ports.values() or not port_free(p) for p in block):
+        (worker,) = pick_ports(1, span=RAY_WORKER_PORTS, avoid=ports.values())
     ports["ray_worker_min"] = worker
     return ports
 

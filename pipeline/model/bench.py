@@ -9,7 +9,8 @@ busy the machine is. Inputs are random, already-normalised tensors: augmentation
 loading are not measured (`mocopipe bench ingest` does that).
 
 Rounds alternate baseline and MoCo, and the median round of each is reported, so a burst of
-load from other processes hits both sides alike.
+load from other processes hits both sides alike. Images per CPU-second of this process are
+reported too: on a shared machine they estimate what an idle core would do.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from pipeline.config import MocoConfig, ModelConfig
 from pipeline.model import MoCo, build_encoder
 
 
-def _time_steps(step: Callable[[], None], steps: int) -> float:
-    """Seconds for `steps` calls of `step` (each ends with an optimizer step)."""
-    start = time.perf_counter()
+def _time_steps(step: Callable[[], None], steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for `steps` calls of `step`."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def bench_train(model_cfg: ModelConfig, moco_cfg: MocoConfig, *, image_size: int,
@@ -81,11 +82,16 @@ def bench_train(model_cfg: ModelConfig, moco_cfg: MocoConfig, *, image_size: int
 
     _time_steps(supervised_step, warmup)
     _time_steps(moco_step, warmup)
-    sup_rounds, moco_rounds = [], []
+    sup_rounds, moco_rounds, sup_cpu, moco_cpu = [], [], 0.0, 0.0
     for _ in range(rounds):
-        sup_rounds.append(batch * steps / _time_steps(supervised_step, steps))
-        moco_rounds.append(batch * steps / _time_steps(moco_step, steps))
+        wall, cpu = _time_steps(supervised_step, steps)
+        sup_rounds.append(batch * steps / wall)
+        sup_cpu += cpu
+        wall, cpu = _time_steps(moco_step, steps)
+        moco_rounds.append(batch * steps / wall)
+        moco_cpu += cpu
     sup_img_s, moco_img_s = statistics.median(sup_rounds), statistics.median(moco_rounds)
+    images = batch * steps * rounds
     return {
         "arch": model_cfg.arch, "width": model_cfg.width, "small_images": model_cfg.small_images,
         "image_size": image_size, "channels": channels, "batch": batch, "steps": steps,
@@ -98,6 +104,10 @@ def bench_train(model_cfg: ModelConfig, moco_cfg: MocoConfig, *, image_size: int
         "moco_rounds_img_s": [round(v, 2) for v in moco_rounds],
         "supervised_rounds_img_s": [round(v, 2) for v in sup_rounds],
         "ratio": round(moco_img_s / sup_img_s, 4),
+        # Images per CPU-second of this process: on a machine shared with other work this is
+        # what one core would do alone (with threads=1; more threads add spin-wait time).
+        "moco_img_per_cpu_s": round(images / max(moco_cpu, 1e-9), 2),
+        "supervised_img_per_cpu_s": round(images / max(sup_cpu, 1e-9), 2),
     }
 
 
@@ -105,9 +115,11 @@ def format_report(r: dict[str, object]) -> str:
     """Human-readable lines for `bench_train`'s result."""
     m = r["moco"]
     assert isinstance(m, dict)
-    stem = "3x3 stem" if r["small_images"] else "torchvision stem"
+    stem = ""
+    if str(r["arch"]).startswith("resnet"):
+        stem = "3x3 stem, " if r["small_images"] else "torchvision stem, "
     return "\n".join([
-        f"bench train: {r['arch']} width={r['width']} ({stem}, {r['params']:,} params), "
+        f"bench train: {r['arch']} width={r['width']} ({stem}{r['params']:,} params), "
         f"{r['image_size']} px x {r['channels']} ch, batch {r['batch']}, bn={m['bn']}"
         f"{'/' + str(m['bn_splits']) if m['bn'] == 'split' else ''}, "
         f"symmetric={m['symmetric']}, K={m['queue_size']}, {r['threads']} threads",
@@ -116,4 +128,6 @@ def format_report(r: dict[str, object]) -> str:
         f"  supervised fwd/bwd/step (baseline): {r['supervised_img_s']:10.1f} img/s",
         f"  MoCo v2 step:                       {r['moco_img_s']:10.1f} img/s",
         f"  ratio MoCo / supervised:            {r['ratio']:10.3f}",
+        f"  per CPU-second of this process: MoCo {r['moco_img_per_cpu_s']:.1f} img, "
+        f"supervised {r['supervised_img_per_cpu_s']:.1f} img",
     ])

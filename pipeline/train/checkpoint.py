@@ -114,6 +114,8 @@ class CheckpointManager:
         return step > 0 and step % self.every_steps == 0
 
     def _dirs(self) -> dict[int, str]:
+        """Step directories under `checkpoints/` (possibly empty: some S3 servers, e.g.
+        SeaweedFS, keep listing a prefix whose objects were all deleted)."""
         out: dict[int, str] = {}
         for info in self.repo.list_artifacts(ROOT) or []:
             name = posixpath.basename(info.path.rstrip("/"))
@@ -122,18 +124,17 @@ class CheckpointManager:
                 out[int(m.group(1))] = posixpath.join(ROOT, name)
         return out
 
-    def _is_complete(self, path: str) -> bool:
-        names = {posixpath.basename(i.path) for i in self.repo.list_artifacts(path) or []}
-        return MARKER in names
+    def _files(self, path: str) -> set[str]:
+        return {posixpath.basename(i.path) for i in self.repo.list_artifacts(path) or []}
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, ascending."""
-        return sorted(s for s, p in self._dirs().items() if self._is_complete(p))
+        return sorted(s for s, p in self._dirs().items() if MARKER in self._files(p))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None (checks newest first)."""
         for s, p in sorted(self._dirs().items(), reverse=True):
-            if self._is_complete(p):
+            if MARKER in self._files(p):
                 return s
         return None
 
@@ -235,16 +236,17 @@ class CheckpointManager:
         """Delete all but the newest `keep` complete checkpoints, and incomplete leftovers
         older than the newest complete one. Marker first, so a half-deleted checkpoint is
         never taken for a complete one."""
-        dirs = self._dirs()
-        complete = [s for s in sorted(dirs) if self._is_complete(dirs[s])]
+        files = {s: (p, self._files(p)) for s, p in self._dirs().items()}
+        files = {s: v for s, v in files.items() if v[1]}  # empty prefixes: already deleted
+        complete = sorted(s for s, (_, names) in files.items() if MARKER in names)
         if not complete:
             return
         kept = set(complete[-self.keep:])
         newest = complete[-1]
-        for s, p in sorted(dirs.items()):
+        for s, (p, names) in sorted(files.items()):
             if s in kept or s > newest:
                 continue
-            if s in complete:
+            if MARKER in names:
                 self.repo.delete_artifacts(posixpath.join(p, MARKER))
             self.repo.delete_artifacts(p)
             log.info("checkpoint: deleted %s", p)

@@ -49,12 +49,16 @@ class StopFlag:
         return self._set
 
 
-def init_ray(cfg: Config) -> None:
-    """Attach to `ray.address` / RAY_ADDRESS, or start an embedded local Ray."""
+def init_ray(cfg: Config) -> bool:
+    """Attach to `ray.address` / RAY_ADDRESS, or start an embedded local Ray.
+
+    Returns True when this call connected (the caller then shuts it down), False when this
+    process was already connected.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": True}
     in_ray_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
@@ -63,6 +67,7 @@ def init_ray(cfg: Config) -> None:
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
     ray.init(address=address, **kwargs)
+    return True
 
 
 def default_run_name(cfg: Config) -> str:
@@ -114,7 +119,7 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
     # patch would send every line a second time through its logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    init_ray(cfg)
+    connected = init_ray(cfg)
     flag_name = f"mocopipe-stop-{run.run_id}-{uuid.uuid4().hex[:8]}"  # unique per driver
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopping: list[bool] = []
@@ -149,6 +154,8 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.kill(flag, no_restart=True)
+        if connected:  # flush worker logs now, so the summary is the last thing printed
+            ray.shutdown()
     summary = summarize(run)
     summary["stopped"] = bool(stopping) and summary["steps"] < summary["total_steps"]
     finish_run(client, run.run_id, "KILLED" if summary["stopped"] else "FINISHED")

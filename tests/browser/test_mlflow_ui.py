@@ -33,6 +33,15 @@ def _wait(driver: Any, what: str, condition: Any) -> Any:
         pytest.fail(f"{what}: not shown within {WAIT_S}s on {driver.current_url}; page text:\n{body}")
 
 
+def _use_model_training_view(driver: Any, tracking_uri: str) -> None:
+    """Ask the UI (through its saved preferences) for the "Model training" workflow and a
+    closed Assistant panel: cosmetic only, the checks below do not depend on it."""
+    driver.get(f"{tracking_uri}/")
+    driver.execute_script(
+        "localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"
+        "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+
+
 def _close_assistant(driver: Any) -> None:
     """Close the MLflow Assistant side panel (if shown) so the run fills the screenshot."""
     for button in driver.find_elements("css selector", "button[aria-label='Close']"):
@@ -46,7 +55,9 @@ def test_run_page_shows_name_loss_chart_checkpoints_and_model(chrome: Any, ui_ru
     from selenium.webdriver.common.by import By
 
     # Overview: the run name as the page title, and the registered model with its version.
+    _use_model_training_view(chrome, ui_run.tracking_uri)
     chrome.get(ui_run.url)
+    chrome.refresh()  # only the hash changed: reload so the app starts with those preferences
     _wait(chrome, f"run name {ui_run.run_name!r}", lambda d: any(
         e.text.strip() == ui_run.run_name for e in d.find_elements(By.CSS_SELECTOR, "h1, h2")))
     version_page = f"#/models/{ui_run.model_name}/versions/{ui_run.model_version}"

@@ -83,9 +83,10 @@ def test_cli_write_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     write_jpeg_folder(str(src), 6, width=32, height=32, classes=2)
     dest = tmp_path / "ds"
     assert main(["shards", "write", str(src), str(dest), "--shard-size", "4KB", "--workers",
-                 "2", "--labels", "folders"]) == 0
+                 "2", "--labels", "folders", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "wrote 6 samples in" in captured.out and "samples/s" in captured.out
+    assert "img/s" not in captured.err  # --quiet: no progress bar, the summary stays
     assert main(["shards", "ls", str(dest), "--json"]) == 0
     assert '"total_samples": 6' in capsys.readouterr().out
     (tmp_path / "empty").mkdir()

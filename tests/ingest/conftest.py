@@ -1,9 +1,9 @@
-"""Fixtures for ingest integration tests: a Ray connection and shards on the stack's S3."""
+"""Fixtures for ingest integration tests: shards on the stack's S3."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,16 +25,3 @@ def s3_dataset(storage: Any, request: pytest.FixtureRequest) -> Callable[..., tu
         return uri, shards
 
     return make
-
-
-@pytest.fixture(scope="module")
-def ray_session(stack: Any) -> Iterator[Any]:
-    """This process connected to the stack's Ray head (disconnected after the module)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=stack.ray_address, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()

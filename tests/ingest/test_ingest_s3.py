@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
 from pipeline.ingest.loader import Loader
 from pipeline.storage import Storage
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _loader(uri: str, shards: list[tuple[str, int]], *, use_ray: bool, rank: int = 0,
@@ -24,34 +29,23 @@ def _loader(uri: str, shards: list[tuple[str, int]], *, use_ray: bool, rank: int
                   world_size=world, per_rank_batch=8, seed=3, use_ray=use_ray)
 
 
-def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
-    assert [x["keys"] for x in a] == [y["keys"] for y in b]
-    for x, y in zip(a, b):
-        assert torch.equal(x["view1"], y["view1"]) and torch.equal(x["view2"], y["view2"])
-
-
-def test_resume_on_ray_actors_equals_an_uninterrupted_run(s3_dataset: Any,
-                                                          ray_session: Any) -> None:
+def test_resume_on_ray_actors_equals_an_uninterrupted_run(s3_dataset: Any, stack: Any) -> None:
     uri, shards = s3_dataset([40, 23, 50, 31])
-    reference = list(_loader(uri, shards, use_ray=False).epoch(1))  # in-process readers
-    assert len(reference) == 144 // 8
-
-    first = _loader(uri, shards, use_ray=True)
-    pids = first.reader_pids()
-    it = first.epoch(1)
-    head = [next(it) for _ in range(7)]
-    state = first.state_dict()
-    first.close()  # kills the reader actors
-    assert state["epoch"] == 1 and state["step"] == 7
-
-    resumed = _loader(uri, shards, use_ray=True)
-    assert set(resumed.reader_pids()).isdisjoint(pids)  # fresh actor processes
-    resumed.load_state_dict(state)
-    rest = list(resumed.epoch(1))
-    m = resumed.metrics()
-    resumed.close()
-    _same(head + rest, reference)
-    assert m["bytes_read"] > 0 and m["corrupt"] == 0 and m["repeats"] == 0
+    # a fresh driver process connects to the stack's Ray head (see ray_resume_probe.py)
+    arg = json.dumps({"uri": uri, "shards": shards, "stop": 7})
+    res = subprocess.run([sys.executable, "-m", "tests.ingest.ray_resume_probe", arg], cwd=ROOT,
+                         env={**os.environ, **stack.env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    reference, resumed = out["reference"], out["resumed"]
+    assert len(reference["keys"]) == 144 // 8
+    assert out["state"]["epoch"] == 1 and out["state"]["step"] == 7
+    assert resumed["keys"] == reference["keys"]  # same samples, same order
+    assert resumed["pixels"] == reference["pixels"]  # same augmentation randomness
+    first, second = out["pids"]
+    assert not set(first) & set(second) and out["pid"] not in first + second  # real actors
+    assert out["metrics"]["bytes_read"] > 0 and out["metrics"]["corrupt"] == 0
 
 
 def test_two_ranks_with_very_uneven_shards_get_equal_batches(s3_dataset: Any) -> None:

@@ -24,6 +24,9 @@ def test_submit_wait_runs_pretrain_to_success(stack, jobs_data, capsys) -> None:
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert f"job {sid} SUCCEEDED" in out
+    overhead = next(line for line in out.splitlines() if line.startswith("first training step"))
+    with capsys.disabled():  # the submission overhead, for the record (not asserted on)
+        print(f"\n[jobs] {overhead}")
     assert '"steps": 4' in out  # the job's own JSON summary, streamed back by --wait
     # Secrets travel by name only: no value is ever printed.
     for key in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN"):

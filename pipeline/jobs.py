@@ -276,17 +276,20 @@ class WaitResult:
 STEP_MARKER = "[mocopipe] step "  # what rank 0 prints every train.log_every steps
 
 
-def wait(client: JobSubmissionClient, submission_id: str, *, out: TextIO | None = sys.stdout,
-         poll_s: float = 1.0) -> WaitResult:
-    """Stream the job's logs to `out` (None: just poll) until it ends."""
+def wait(client: JobSubmissionClient, submission_id: str, *, stream: bool = True,
+         out: TextIO | None = None, poll_s: float = 1.0) -> WaitResult:
+    """Stream the job's logs to `out` (default: the current sys.stdout) until it ends;
+    `stream=False` only polls the status."""
     first_step: list[float] = []
-    if out is not None:
+    if stream:
+        sink: TextIO = out or sys.stdout
+
         async def _tail() -> None:
             async for chunk in client.tail_job_logs(submission_id):
                 if not first_step and STEP_MARKER in chunk:
                     first_step.append(time.time())
-                out.write(chunk)
-                out.flush()
+                sink.write(chunk)
+                sink.flush()
 
         try:
             asyncio.run(_tail())

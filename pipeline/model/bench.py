@@ -108,6 +108,7 @@ def bench_train(model_cfg: ModelConfig, moco_cfg: MocoConfig, *, image_size: int
         # what one core would do alone (with threads=1; more threads add spin-wait time).
         "moco_img_per_cpu_s": round(images / max(moco_cpu, 1e-9), 2),
         "supervised_img_per_cpu_s": round(images / max(sup_cpu, 1e-9), 2),
+        "ratio_cpu": round(sup_cpu / max(moco_cpu, 1e-9), 4),  # same ratio, in CPU time
     }
 
 
@@ -129,5 +130,5 @@ def format_report(r: dict[str, object]) -> str:
         f"  MoCo v2 step:                       {r['moco_img_s']:10.1f} img/s",
         f"  ratio MoCo / supervised:            {r['ratio']:10.3f}",
         f"  per CPU-second of this process: MoCo {r['moco_img_per_cpu_s']:.1f} img, "
-        f"supervised {r['supervised_img_per_cpu_s']:.1f} img",
+        f"supervised {r['supervised_img_per_cpu_s']:.1f} img (ratio {r['ratio_cpu']:.3f})",
     ])

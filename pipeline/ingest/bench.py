@@ -24,11 +24,11 @@ from pipeline.shards.manifest import read_manifest
 from pipeline.storage import Storage, is_s3, join, split_s3
 
 _MB = 2**20
-IMAGE_EXTS = ("jpg", "jpeg")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def sample_images(storage: Storage, shard_uris: list[str], n: int) -> list[bytes]:
-    """The first ``n`` JPEG members found in the shards (in order)."""
+    """The first ``n`` image members found in the shards (in order)."""
     out: list[bytes] = []
     for uri in shard_uris:
         with ReadAheadStream(storage, uri) as stream:
@@ -39,7 +39,7 @@ def sample_images(storage: Storage, shard_uris: list[str], n: int) -> list[bytes
                     if len(out) == n:
                         return out
     if not out:
-        raise ValueError(f"bench ingest: no JPEG members in {shard_uris[:3]}...")
+        raise ValueError(f"bench ingest: no image members in {shard_uris[:3]}...")
     return out
 
 

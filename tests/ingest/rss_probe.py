@@ -1,7 +1,9 @@
 """Run one epoch of an in-process `Loader` and print its peak RSS (for the memory test).
 
 Usage: ``python -m tests.ingest.rss_probe '{"uri": ..., "shards": [[key, n], ...], ...}'``
-prints ``{"peak_rss": bytes, "samples": n}``. S3 settings come from the environment.
+prints ``{"peak_rss": bytes, "streaming_peak_rss": bytes, "samples": n}``: the process's
+lifetime peak, and the peak sampled (every 10 ms) while the epoch streams, which import-time
+peaks cannot mask. S3 settings come from the environment.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import threading
+
+import psutil
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
 from pipeline.ingest.loader import Loader
@@ -21,10 +26,21 @@ def main() -> None:
                     ingest=IngestConfig(readers_per_worker=2, shuffle_window=32, read_ahead_mb=4),
                     dataset_uri=args["uri"], shards=[tuple(s) for s in args["shards"]],
                     rank=0, world_size=1, per_rank_batch=8, seed=0, use_ray=False)
+    me, done, streaming_peak = psutil.Process(), threading.Event(), [0]
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            streaming_peak[0] = max(streaming_peak[0], me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     samples = sum(len(b["keys"]) for b in loader.epoch(0))
+    done.set()
+    sampler.join()
     loader.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"peak_rss": peak, "samples": samples}))
+    print(json.dumps({"peak_rss": peak, "streaming_peak_rss": streaming_peak[0],
+                      "samples": samples}))
 
 
 if __name__ == "__main__":

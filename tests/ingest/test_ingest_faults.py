@@ -103,3 +103,4 @@ def test_peak_memory_does_not_grow_with_corpus_size(weed: PrivateWeed,
     # a reader that kept what it streamed would hold ~70 MB more for the 4x corpus
     print("peak RSS 1x / 4x corpus:", small, large)
     assert large["peak_rss"] <= 1.10 * small["peak_rss"], (small, large)
+    assert large["streaming_peak_rss"] <= 1.10 * small["streaming_peak_rss"], (small, large)

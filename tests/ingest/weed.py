@@ -1,7 +1,7 @@
 """A private SeaweedFS (`weed mini`) that a fault test may kill and restart by PID.
 
-Started with the same command line as the local stack (`pipeline.stack._weed_cmd`), on its
-own loopback ports and data dir; a restart reuses both, so the objects survive.
+Started with the same command line as the local stack (`pipeline.stack_launch.weed_cmd`), on
+its own loopback ports and data dir; a restart reuses both, so the objects survive.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from pipeline import stack
-from pipeline.procs import ProcRef, pick_ports, spawn, stop, wait_until
+from pipeline.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, wait_until
+from pipeline.stack_launch import weed_cmd
 
 _WEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
                "filer_grpc", "admin", "admin_grpc")
@@ -25,15 +25,14 @@ class PrivateWeed:
     secret_key = "ingest-test-secret-0123456789"
 
     def __init__(self, state_dir: Path) -> None:
-        ports = dict(zip(_WEED_PORTS, pick_ports(len(_WEED_PORTS))))
-        self.state = stack.StackState(state_dir=str(state_dir), ports=ports, ray_temp_dir="",
-                                      buckets=["corpus"])
+        self.ports = dict(zip(_WEED_PORTS, pick_ports(len(_WEED_PORTS))))
+        self.state_dir = state_dir
         self.log = state_dir / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return self.state.s3_endpoint
+        return f"http://{LOOPBACK}:{self.ports['s3']}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -42,8 +41,8 @@ class PrivateWeed:
 
     def start(self, timeout_s: float = 90.0) -> None:
         env = {**os.environ, **self.env}
-        self.proc = spawn(stack._weed_cmd(self.state), env=env, log_path=self.log,
-                          cwd=Path(self.state.state_dir))
+        self.proc = spawn(weed_cmd(self.ports, self.state_dir, ["corpus"]), env=env,
+                          log_path=self.log, cwd=self.state_dir)
         wait_until(self._ready, what=f"private SeaweedFS at {self.endpoint}",
                    timeout_s=timeout_s, log_path=self.log, proc=self.proc)
 

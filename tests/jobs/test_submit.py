@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import pytest
@@ -36,7 +37,8 @@ def test_submit_wait_runs_pretrain_to_success(stack, jobs_data, capsys) -> None:
     client = jobs.connect()
     info = client.get_job_info(sid)
     assert info.metadata["mocopipe.config"] == "demo"
-    assert info.metadata["mocopipe.git_sha"] == jobs.git_sha()
+    sha = info.metadata["mocopipe.git_sha"]  # HEAD at submission (may move while this runs)
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", sha), sha
     assert info.entrypoint.startswith("python -m jobs.pretrain --config jobs/configs/demo.toml")
     capsys.readouterr()
     assert main(["jobs", "ls"]) == 0
@@ -50,7 +52,7 @@ def test_submit_wait_runs_pretrain_to_success(stack, jobs_data, capsys) -> None:
     exp = mlflow.get_experiment_by_name(name)
     (run,) = mlflow.search_runs([exp.experiment_id])
     assert run.data.tags["ray.submission_id"] == sid
-    assert run.data.tags["mocopipe.git_sha"] == jobs.git_sha()
+    assert run.data.tags["mocopipe.git_sha"] == sha  # passed to the job as MOCOPIPE_GIT_SHA
 
 
 def test_missing_token_is_a_clear_error(stack, monkeypatch, capsys) -> None:

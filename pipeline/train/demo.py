@@ -7,7 +7,10 @@ can be opened; `mocopipe down` stops it.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,18 +44,35 @@ def ensure_fmnist_shards(storage: Any, root: str = "s3://corpus/fmnist",
 def run_demo(state_dir: str, overrides: list[str] | None = None,
              config_path: str | Path = DEMO_CONFIG,
              say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Bring up the stack, write the shards, train the demo config; return the summary."""
+    """Bring up the stack, write the shards, train the demo config; return the summary.
+
+    Training runs as a `mocopipe train --json` child process with the stack's environment:
+    starting the stack imports Ray in this process before the stack's Ray auth token is
+    known, and Ray reads its auth settings once per process.
+    """
     from pipeline import stack
     from pipeline.storage import Storage
-    from pipeline.train.ray_trainer import run_training
 
     t0 = time.monotonic()
     cfg = load_config(config_path, overrides)  # validate before starting anything
     stack.up(state_dir, log=say)
-    os.environ.update(stack.stack_env(state_dir))
+    env = {**os.environ, **stack.stack_env(state_dir), "PYTHONUNBUFFERED": "1"}
+    os.environ.update(env)
     ensure_fmnist_shards(Storage(cfg.storage), say=say)
-    if not cfg.ray.run_name:
-        cfg.ray.run_name = f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_training(cfg)
+    run_name = cfg.ray.run_name or f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sets = [*(overrides or []), f'ray.run_name="{run_name}"']
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", str(config_path), "--json",
+           *[arg for item in sets for arg in ("--set", item)]]
+    summary: dict[str, Any] | None = None
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                summary = json.loads(line)
+            else:
+                say(line.rstrip("\n"))
+    if proc.returncode != 0 or summary is None:
+        raise RuntimeError(f"demo: `mocopipe train` exited with code {proc.returncode}")
     summary["wall_s"] = round(time.monotonic() - t0, 1)
     return summary

@@ -21,6 +21,10 @@ import pytest
 
 from pipeline import stack as stack_mod
 
+# Session fixtures of a real tiny training run (`fmnist_tiny`, `reference_run`), shared by the
+# train tests and the MLflow UI browser test.
+pytest_plugins = ["tests.train.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[stack_mod.StackInfo]:

@@ -38,15 +38,40 @@ def view_pairs_png(view1: torch.Tensor, view2: torch.Tensor, path: str) -> str:
     return view_pairs_grid(view1, view2, path, n=min(16, view1.shape[0]))
 
 
+def summary_plots(run: RunRef, embeddings: tuple[Any, Any] | None,
+                  class_names: list[str] | None = None) -> None:
+    """Log plots/curves.png (loss and knn_top1 over steps) and, when eval embeddings are
+    given ((N, D) features, (N,) labels), plots/embedding.png (PCA, and t-SNE)."""
+    from pipeline.plots import embedding_projection, run_history, training_curves
+
+    client = client_for(run.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mocopipe-plots-") as tmp:
+        try:
+            png = training_curves(run_history(client, run.run_id),
+                                  os.path.join(tmp, "curves.png"))
+            client.log_artifact(run.run_id, png, artifact_path="plots")
+            if embeddings is not None:
+                feats, labels = embeddings
+                png = embedding_projection(feats, labels, os.path.join(tmp, "embedding.png"),
+                                           class_names)
+                client.log_artifact(run.run_id, png, artifact_path="plots")
+        except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
+            log.warning("summary plots not written: %s", exc)
+
+
 def export_run(run: RunRef, backbone: nn.Module, *, registered_model: str,
                knn_top1: float | None, views: tuple[torch.Tensor, torch.Tensor] | None,
-               final_step: int, example_shape: tuple[int, ...]) -> tuple[str, str]:
-    """Log encoder.safetensors and plots/view_pairs.png, then log + register the backbone
-    (a CPU copy in eval mode; `example_shape` (N, C, H, W) gives the model signature).
+               final_step: int, example_shape: tuple[int, ...],
+               embeddings: tuple[Any, Any] | None = None,
+               class_names: list[str] | None = None) -> tuple[str, str]:
+    """Log encoder.safetensors, plots/view_pairs.png, plots/curves.png and (with eval
+    embeddings) plots/embedding.png, then log + register the backbone (a CPU copy in eval
+    mode; `example_shape` (N, C, H, W) gives the model signature).
 
     Returns (registered model name, version).
     """
     client = client_for(run.tracking_uri)
+    summary_plots(run, embeddings, class_names)
     with tempfile.TemporaryDirectory(prefix="mocopipe-export-") as tmp:
         st = save_encoder_safetensors(backbone, os.path.join(tmp, "encoder.safetensors"))
         client.log_artifact(run.run_id, st)

@@ -98,6 +98,48 @@ def _fault_hook(spec: str | None, rank: int, step: int) -> None:
         os._exit(1)
 
 
+def _class_names(cfg: Config) -> list[str] | None:
+    """Class names of the labelled eval set (from its manifest), for the embedding plot."""
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.storage import Storage
+
+    try:
+        return list(read_manifest(Storage(cfg.storage), cfg.data.eval_test).classes) or None
+    except Exception:  # noqa: BLE001 - only a legend
+        return None
+
+
+def select_shards(shards: list[tuple[str, int]], keys: list[str],
+                  dataset: str) -> list[tuple[str, int]]:
+    """The manifest's (key, samples) restricted to `keys` (data.train_shards; [] = all)."""
+    if not keys:
+        return shards
+    want = set(keys)
+    chosen = [s for s in shards if s[0] in want]
+    missing = sorted(want - {k for k, _ in chosen})
+    if missing:
+        raise ValueError(f"data.train_shards: {missing[:5]} not in the manifest of {dataset}")
+    return chosen
+
+
+def warm_start(model: torch.nn.Module, uri: str) -> None:
+    """Load a logged backbone (`train.init_from`, an MLflow model URI) into both encoders.
+
+    The registry holds the query backbone (`mlflow.pytorch.log_model`); the key encoder
+    starts as its copy, as at MoCo's initialisation. The projection heads stay fresh.
+    """
+    import mlflow.pytorch
+
+    src = mlflow.pytorch.load_model(uri, map_location="cpu")
+    state = src.state_dict()
+    target = model.backbone  # type: ignore[attr-defined]
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("fc.")]:
+        raise ValueError(f"train.init_from: {uri} does not fit model.arch "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.encoder_k.load_state_dict(model.encoder_q.state_dict())  # type: ignore[attr-defined]
+
+
 def train(cfg: Config, run: Any, *, device: torch.device,
           should_stop: Callable[[], bool] = lambda: False,
           fault: str | None = None, use_ray: bool = True) -> TrainResult:
@@ -126,13 +168,14 @@ def train(cfg: Config, run: Any, *, device: torch.device,
     optimizer = torch.optim.SGD(param_groups(model, o), lr=cfg.scaled_lr, momentum=o.momentum)
     amp_dtype, use_scaler = amp_setup(device, t.amp)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    shards = select_shards(manifest.shard_counts(), cfg.data.train_shards, cfg.data.train)
     loader = Loader(storage=cfg.storage, data=cfg.data, augment=cfg.augment, ingest=cfg.ingest,
-                    dataset_uri=cfg.data.train, shards=manifest.shard_counts(), rank=rank,
+                    dataset_uri=cfg.data.train, shards=shards, rank=rank,
                     world_size=world, per_rank_batch=t.per_worker_batch, seed=t.seed,
                     use_ray=use_ray)
     spe = loader.steps_per_epoch
     if spe < 1:
-        raise ValueError(f"data.train: {manifest.total_samples} samples give 0 steps per epoch "
+        raise ValueError(f"data.train: {sum(n for _, n in shards)} samples give 0 steps per epoch "
                          f"for a global batch of {cfg.global_batch}")
     total = t.epochs * spe if t.max_steps == 0 else min(t.epochs * spe, t.max_steps)
     lr_at = LrSchedule(cfg.scaled_lr, total, warmup_steps_for(o.warmup_epochs, spe, total),
@@ -168,6 +211,10 @@ def train(cfg: Config, run: Any, *, device: torch.device,
             step, nonfinite = state["step"], state["nonfinite"]
             if rank == 0:
                 print(f"[mocopipe] resumed from checkpoint step {step}", flush=True)
+        elif t.init_from:
+            warm_start(model, t.init_from)  # a NEW run only: a resumed run has its checkpoint
+            if rank == 0:
+                print(f"[mocopipe] warm start from {t.init_from}", flush=True)
         ddp = dist.wrap_ddp(model)
 
         saved_at = [-1]  # the step of the last save (the same on every rank)
@@ -284,10 +331,13 @@ def train(cfg: Config, run: Any, *, device: torch.device,
             from pipeline.train.export import export_run
 
             side = cfg.data.image_size
+            embeddings = knn.embeddings(model.backbone) if knn is not None else None
             name, version = export_run(run, backbone, registered_model=cfg.mlflow.registered_model
                                        or f"{t.name}-encoder", knn_top1=knn_acc, views=views,
                                        final_step=step,
-                                       example_shape=(2, cfg.data.channels, side, side))
+                                       example_shape=(2, cfg.data.channels, side, side),
+                                       embeddings=embeddings,
+                                       class_names=_class_names(cfg))
         return TrainResult(step, total, last_loss, knn_acc, False, name, version)
     finally:
         loader.close()

@@ -107,3 +107,10 @@ class KnnMonitor:
         query = extract_features(backbone, query_x, self.cfg.augment, device=self.device)
         return knn_top1(bank, bank_y, query, query_y, k=self.cfg.eval.knn_k,
                         t=self.cfg.eval.knn_t)
+
+    def embeddings(self, backbone: nn.Module) -> tuple[torch.Tensor, Any]:
+        """Backbone features (N, D) of the query (eval_test) images and their labels (N,)."""
+        from pipeline.evaluate import extract_features
+
+        _, _, query_x, query_y = self._load()
+        return extract_features(backbone, query_x, self.cfg.augment, device=self.device), query_y

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from pipeline.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, tree, wait_until
-from tests.train.conftest import Dataset, metric_steps, start_train
+from tests.train.fixtures import Dataset, metric_steps, start_train
 
 pytestmark = pytest.mark.integration
 

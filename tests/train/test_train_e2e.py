@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.train.conftest import Dataset, Reference, encoder_weights, metric_steps, mlflow_client
+from tests.train.fixtures import Dataset, Reference, encoder_weights, metric_steps, mlflow_client
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,9 @@ def test_end_to_end_run_is_complete_in_mlflow(reference_run: Reference, fmnist_t
     version = client.get_model_version(s["registered_model"], s["model_version"])
     assert float(version.tags["knn_top1"]) == pytest.approx(s["knn_top1"], abs=1e-4)
     assert version.run_id == s["run_id"]
-    assert "plots/view_pairs.png" in _all_artifacts(client, s["run_id"])
+    artifacts = _all_artifacts(client, s["run_id"])
+    for plot in ("plots/view_pairs.png", "plots/curves.png", "plots/embedding.png"):
+        assert plot in artifacts, f"{plot} missing from {artifacts}"
 
     # No secret in params, tags or any artifact.
     secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.conftest import (Dataset, Reference, encoder_weights, metric_steps,
+from tests.train.fixtures import (Dataset, Reference, encoder_weights, metric_steps,
                                   mlflow_client, run_train, start_train)
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Fixtures for the train integration tests: tiny Fashion-MNIST shards on the session stack,
+"""Fixtures for the train integration tests (a pytest plugin loaded by tests/conftest.py): tiny Fashion-MNIST shards on the session stack,
 a `mocopipe train` subprocess runner, and ONE uninterrupted reference run shared by the
 end-to-end test and the fault tests (which compare their final weights with it)."""
 

@@ -20,7 +20,9 @@ from tests.train.fixtures import Dataset, metric_steps, start_train
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 20.0
-STEPS = 96  # 8 epochs x 12 steps: long enough to overlap the outage
+EPOCHS = 40
+STEPS = EPOCHS * 12  # 12 steps per epoch: the run must outlast the outage and the restart
+# (on an idle 2-core machine 96 steps finished before the 20 s outage even began)
 
 
 class OwnMlflow:
@@ -69,7 +71,7 @@ def test_training_survives_an_mlflow_outage(fmnist_tiny: Dataset, own_mlflow: Ow
 
     client = MlflowClient(tracking_uri=own_mlflow.uri)
     name = f"outage-{uuid.uuid4().hex[:8]}"
-    tp = start_train(fmnist_tiny, name, "train.epochs=8", "checkpoint.every_steps=1000",
+    tp = start_train(fmnist_tiny, name, f"train.epochs={EPOCHS}", "checkpoint.every_steps=1000",
                      "eval.every_epochs=0", f'mlflow.tracking_uri="{own_mlflow.uri}"')
     try:
         deadline = time.monotonic() + 300

@@ -98,3 +98,41 @@ def test_restarted_driver_continues_from_the_checkpoint(fmnist_tiny: Dataset,
     assert metric_steps(client, run_id, "loss") == LOGGED
     assert client.get_run(run_id).info.status == "FINISHED"
     _assert_same_weights(client, run_id, reference_run, tmp_path)
+
+
+def test_sigterm_on_the_driver_checkpoints_then_the_run_continues(fmnist_tiny: Dataset) -> None:
+    """SIGTERM on `mocopipe train`: the workers save a checkpoint (none is due otherwise:
+    every_steps=1000), the driver exits 143, and re-running the same name continues from it."""
+    from pipeline.train.checkpoint import CheckpointManager, mlflow_repo
+
+    name = f"sigterm-{uuid.uuid4().hex[:8]}"
+    client = mlflow_client()
+    no_periodic = "checkpoint.every_steps=1000"
+    first = start_train(fmnist_tiny, name, no_periodic)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.proc.poll() is None:
+            if any("[mocopipe] step " in line for _, line in first.lines):
+                break
+            time.sleep(0.2)
+        assert first.proc.poll() is None, f"the run ended before SIGTERM:\n{first.text[-4000:]}"
+        first.proc.send_signal(signal.SIGTERM)
+        rc = first.wait(300)
+    finally:
+        first.kill()
+    assert rc == 143, f"expected exit 143 after SIGTERM, got {rc}:\n{first.text[-4000:]}"
+    assert "SIGTERM: asking the workers to checkpoint" in first.text
+    runs = _runs_named(client, name)
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    step = CheckpointManager(mlflow_repo(run_id, client.tracking_uri), every_steps=1000,
+                             keep=2).latest_step()
+    assert step is not None and 0 < step < 24, f"no checkpoint saved on SIGTERM (got {step})"
+
+    second = run_train(fmnist_tiny, name, no_periodic)
+    s = second.summary()
+    assert s["run_id"] == run_id and s["steps"] == 24
+    resumed = [int(line.split()[-1]) for line in second.text.splitlines()
+               if "resumed from checkpoint step" in line]
+    assert resumed == [step]
+    assert metric_steps(client, run_id, "loss") == LOGGED

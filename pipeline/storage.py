@@ -330,25 +330,26 @@ class Storage:
         """Size in bytes, or None when the object does not exist."""
         if not is_s3(uri):
             return os.path.getsize(uri) if os.path.isfile(uri) else None
-        bucket, key = split_s3(uri)
-        try:
-            with self._errors(uri, "head_object"):
-                resp = self.client.head_object(Bucket=bucket, Key=key)
-        except ObjectNotFound:
-            return None
-        return int(resp["ContentLength"])
+        resp = self._head(uri)
+        return None if resp is None else int(resp["ContentLength"])
 
     def metadata(self, uri: str) -> dict[str, str] | None:
         """S3 user metadata of the object ({} for local files); None when it does not exist."""
         if not is_s3(uri):
             return {} if os.path.isfile(uri) else None
+        resp = self._head(uri)
+        if resp is None:
+            return None
+        return {str(k).lower(): str(v) for k, v in resp.get("Metadata", {}).items()}
+
+    def _head(self, uri: str) -> dict[str, Any] | None:
+        """HEAD of an S3 object, or None when it does not exist."""
         bucket, key = split_s3(uri)
         try:
             with self._errors(uri, "head_object"):
-                resp = self.client.head_object(Bucket=bucket, Key=key)
+                return self.client.head_object(Bucket=bucket, Key=key)
         except ObjectNotFound:
             return None
-        return {str(k).lower(): str(v) for k, v in resp.get("Metadata", {}).items()}
 
     def list(self, prefix_uri: str) -> list[str]:
         """Every object under the "folder" `prefix_uri` (recursive), as full URIs, sorted."""

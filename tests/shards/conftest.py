@@ -8,6 +8,21 @@ from pathlib import Path
 import pytest
 
 from pipeline.shards.synthetic import write_jpeg_folder
+from pipeline.storage import Storage
+
+
+class CountingStorage(Storage):  # shared by the local and S3 writer tests
+    """Counts uploads; raises an injected crash on upload number `fail_at` (1-based)."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        super().__init__()
+        self.fail_at, self.puts = fail_at, 0
+
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+        self.puts += 1
+        if self.puts == self.fail_at:
+            raise RuntimeError("injected crash")
+        super().put_file(uri, path, metadata)
 
 
 def read_folder(folder: str | Path) -> dict[str, bytes]:

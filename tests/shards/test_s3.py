@@ -15,7 +15,7 @@ from pipeline.shards.check import check_dataset
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.writer import write_shards
 from pipeline.storage import ObjectNotFound, Storage, StorageError
-from tests.shards.conftest import read_folder
+from tests.shards.conftest import CountingStorage, read_folder
 
 pytestmark = pytest.mark.integration
 
@@ -23,20 +23,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
     return f"s3://corpus/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
-
-
-class FlakyStorage(Storage):
-    """Counts uploads; raises an injected crash on upload number `fail_at` (1-based)."""
-
-    def __init__(self, fail_at: int = 0) -> None:
-        super().__init__()
-        self.fail_at, self.puts = fail_at, 0
-
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
-        self.puts += 1
-        if self.puts == self.fail_at:
-            raise RuntimeError("injected crash")
-        super().put_file(uri, path, metadata)
 
 
 def read_back(storage: Storage, dest: str) -> list[dict[str, Any]]:
@@ -107,12 +93,12 @@ def test_s3_source_resume_and_append(storage: Storage, prefix: str, jpeg_folder:
         storage.put_bytes(f"{src}/{rel}", data)
     storage.put_bytes(f"{src}/class_00/readme.txt", b"hello")
     dest = f"{prefix}/ds"
-    crashing = FlakyStorage(fail_at=3)
+    crashing = CountingStorage(fail_at=3)
     with pytest.raises(RuntimeError, match="injected crash"):
         write_shards(src, dest, storage=crashing, samples_per_shard=4, workers=1,
                      labels="folders", progress=False)
     assert storage.list(dest) == [f"{dest}/shard-00000{i}.tar" for i in range(2)]
-    counting = FlakyStorage()
+    counting = CountingStorage()
     m = write_shards(src, dest, storage=counting, samples_per_shard=4, workers=2,
                      labels="folders", progress=False)
     assert counting.puts == 4 and len(m.shards) == 6 and m.total_samples == 24

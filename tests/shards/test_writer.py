@@ -18,23 +18,9 @@ from pipeline.shards.manifest import ManifestError, read_manifest
 from pipeline.shards.sources import sanitize_key
 from pipeline.shards.writer import parse_size, write_shards
 from pipeline.storage import Storage
-from tests.shards.conftest import read_folder
+from tests.shards.conftest import CountingStorage, read_folder
 
 pytestmark = pytest.mark.unit
-
-
-class CountingStorage(Storage):
-    """Counts uploads; raises an injected crash on upload number `fail_at` (1-based)."""
-
-    def __init__(self, fail_at: int = 0) -> None:
-        super().__init__()
-        self.fail_at, self.puts = fail_at, 0
-
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
-        self.puts += 1
-        if self.puts == self.fail_at:
-            raise RuntimeError("injected crash")
-        super().put_file(uri, path, metadata)
 
 
 def read_back(dest: str | Path) -> list[dict[str, Any]]:

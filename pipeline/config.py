@@ -92,6 +92,7 @@ class ModelConfig:
     arch: Literal["small_cnn", "resnet18", "resnet50"] = "resnet50"
     small_images: bool = False  # 3x3 stem, no max-pool (for inputs <= 64 px)
     width: int = 64  # base width (torchvision: 64); the small CNN uses it as its first width
+    pool_grid: int = 1  # small_cnn only: final avg-pool grid side (features 4*width*grid^2)
 
 
 @dataclass
@@ -412,6 +413,9 @@ def validate(cfg: Config) -> None:
 
     m, mo = cfg.model, cfg.moco
     _need(m.width >= 1, "model.width", m.width, "must be >= 1")
+    _need(m.pool_grid >= 1, "model.pool_grid", m.pool_grid, "must be >= 1")
+    _need(m.pool_grid == 1 or m.arch == "small_cnn", "model.pool_grid", m.pool_grid,
+          f"must be 1 for model.arch={m.arch!r} (ResNets pool globally, as torchvision)")
     _need(mo.dim >= 1, "moco.dim", mo.dim, "must be >= 1")
     _need(0.0 <= mo.momentum < 1.0, "moco.momentum", mo.momentum, "must be in [0, 1)")
     _need(mo.temperature > 0, "moco.temperature", mo.temperature, "must be > 0")
@@ -463,3 +467,7 @@ def validate(cfg: Config) -> None:
     if m.arch == "small_cnn":
         _need(d.image_size <= 64, "data.image_size", d.image_size,
               "must be <= 64 for model.arch='small_cnn'")
+        last = -(-d.image_size // 8)  # side of the small CNN's last feature map
+        _need(m.pool_grid <= last, "model.pool_grid", m.pool_grid,
+              f"must be <= {last}, the side of the last feature map at data.image_size="
+              f"{d.image_size}")

@@ -23,14 +23,15 @@ from pipeline.model.small_cnn import SmallCNN, small_cnn
 def build_encoder(cfg: ModelConfig, in_channels: int) -> nn.Module:
     """The backbone named by `cfg.arch`: (N, in_channels, H, W) -> (N, .feature_dim).
 
-    small_cnn: first width `cfg.width`, feature_dim 4 * width (`small_images` is implied).
+    small_cnn: first width `cfg.width`, final average pooling to `cfg.pool_grid` squared cells,
+    feature_dim 4 * width * pool_grid**2 (`small_images` is implied).
     resnet18 / resnet50: base width `cfg.width` (64 = torchvision), 3x3 stem without max-pool
     when `cfg.small_images`; no `fc` (torchvision keys minus fc.weight / fc.bias).
     """
     if in_channels < 1:
         raise ValueError(f"in_channels: {in_channels} must be >= 1")
     if cfg.arch == "small_cnn":
-        return small_cnn(in_channels=in_channels, width=cfg.width)
+        return small_cnn(in_channels=in_channels, width=cfg.width, pool_grid=cfg.pool_grid)
     if cfg.arch == "resnet18":
         return resnet18(in_channels=in_channels, width=cfg.width, small_images=cfg.small_images)
     if cfg.arch == "resnet50":

@@ -82,6 +82,24 @@ def test_small_cnn_shapes_and_batchnorm() -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def test_small_cnn_pool_grid_keeps_the_layout_of_the_last_map() -> None:
+    torch.manual_seed(0)
+    glob, grid = small_cnn(width=4), small_cnn(width=4, pool_grid=2)
+    grid.load_state_dict(glob.state_dict())  # the grid adds no parameters: same keys, same weights
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        fg, f2 = glob.eval()(x), grid.eval()(x)  # (3, 16), (3, 64)
+    assert grid.feature_dim == 64 and f2.shape == (3, 64)
+    # the 2x2 cells (channel-major) average back to the global pool
+    assert torch.allclose(f2.view(3, 16, 4).mean(2), fg, atol=1e-6)
+    # flipping the image moves content between the left and right cells
+    with torch.no_grad():
+        f2_flip = grid(x.flip(-1))
+    assert not torch.allclose(f2_flip, f2, atol=1e-3)
+    with pytest.raises(ValueError, match="pool_grid"):
+        small_cnn(pool_grid=0)
+
+
 @pytest.mark.parametrize("arch,small,width,dim", [
     ("small_cnn", False, 8, 32), ("resnet18", True, 8, 64), ("resnet50", True, 4, 128)])
 def test_build_encoder_from_config(arch: str, small: bool, width: int, dim: int) -> None:

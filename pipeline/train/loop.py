@@ -331,7 +331,8 @@ def train(cfg: Config, run: Any, *, device: torch.device,
             from pipeline.train.export import export_run
 
             side = cfg.data.image_size
-            embeddings = knn.embeddings(model.backbone) if knn is not None else None
+            # the final evaluate() above scored these weights: reuse its query features
+            embeddings = knn.last_embeddings() if knn is not None else None
             name, version = export_run(run, backbone, registered_model=cfg.mlflow.registered_model
                                        or f"{t.name}-encoder", knn_top1=knn_acc, views=views,
                                        final_step=step,

@@ -84,6 +84,7 @@ class KnnMonitor:
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self._data: tuple[Any, Any, Any, Any] | None = None
+        self._last_query: tuple[torch.Tensor, Any] | None = None
 
     def _load(self) -> tuple[Any, Any, Any, Any]:
         from pipeline.evaluate import load_labelled
@@ -100,17 +101,18 @@ class KnnMonitor:
         return self._data
 
     def __call__(self, backbone: nn.Module) -> float:
+        """kNN top-1 of `backbone`; its query features are kept for `last_embeddings`."""
         from pipeline.evaluate import extract_features, knn_top1
 
         bank_x, bank_y, query_x, query_y = self._load()
         bank = extract_features(backbone, bank_x, self.cfg.augment, device=self.device)
         query = extract_features(backbone, query_x, self.cfg.augment, device=self.device)
+        self._last_query = (query, query_y)
         return knn_top1(bank, bank_y, query, query_y, k=self.cfg.eval.knn_k,
                         t=self.cfg.eval.knn_t)
 
-    def embeddings(self, backbone: nn.Module) -> tuple[torch.Tensor, Any]:
-        """Backbone features (N, D) of the query (eval_test) images and their labels (N,)."""
-        from pipeline.evaluate import extract_features
-
-        _, _, query_x, query_y = self._load()
-        return extract_features(backbone, query_x, self.cfg.augment, device=self.device), query_y
+    def last_embeddings(self) -> tuple[torch.Tensor, Any] | None:
+        """Backbone features (N, D) of the query (eval_test) images and their labels (N,) from
+        the last scoring (None before the first): the end-of-run embedding plot reuses the
+        final evaluation's features instead of extracting them again."""
+        return self._last_query

@@ -4,7 +4,7 @@
 
 `--model` defaults to the config's registered model at its `nightly.alias` (the champion);
 the labelled sets are the config's data.eval_train / data.eval_test. The work is done by
-`mocopipe evaluate` (pipeline/evaluate_model.py); results go to a new MLflow run and to the
+`mocopipe evaluate` (pipeline/eval/evaluate.py); results go to a new MLflow run and to the
 model version's tags, and the last thing printed is their JSON.
 """
 

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: one night of incremental pretraining (see pipeline/nightly.py).
+"""Ray job entrypoint: one night of incremental pretraining (see pipeline/orchestrate/nightly.py).
 
     python -m jobs.nightly --config jobs/configs/demo.toml [--date YYYY-MM-DD] [--set ...]
 
@@ -15,7 +15,7 @@ import json
 import sys
 
 from pipeline.config import load_config
-from pipeline.nightly_plan import parse_date
+from pipeline.orchestrate.nightly_plan import parse_date
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     date = parse_date(args.date)
 
-    from pipeline.nightly import run_nightly
+    from pipeline.orchestrate.nightly import run_nightly
 
     summary = run_nightly(cfg, date)
     print(json.dumps(summary), flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import stack as stack_mod
+from pipeline.stack import local as stack_mod
 
 # Session fixtures of a real tiny training run (`fmnist_tiny`, `reference_run`), shared by the
 # train tests and the MLflow UI browser test.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.config import MocoConfig, ModelConfig
 from pipeline.model.bn import SplitBatchNorm2d, convert_split_bn
 from pipeline.model.loss import info_nce
 from pipeline.model.moco import MoCo, momentum_update, projection_head
@@ -39,8 +39,19 @@ def build_encoder(cfg: ModelConfig, in_channels: int) -> nn.Module:
     raise ValueError(f"model.arch: {cfg.arch!r} is not one of small_cnn, resnet18, resnet50")
 
 
+def build_method(model: ModelConfig, moco: MocoConfig, *, in_channels: int, seed: int) -> nn.Module:
+    """The self-supervised method around a fresh backbone (today: MoCo v2).
+
+    Every method is a plain nn.Module with the same small surface, which the Trainer uses:
+        forward(view1, view2) -> (loss, stats)   # stats: {"acc1": tensor, ...}; one whole step
+        set_momentum(m) / .momentum               # momentum-encoder methods (else a no-op)
+        backbone -> nn.Module                     # the encoder that is exported
+    """
+    return MoCo(build_encoder(model, in_channels), moco, seed=seed)
+
+
 __all__ = [
-    "KeyQueue", "MoCo", "ResNet", "SmallCNN", "SplitBatchNorm2d", "build_encoder",
+    "KeyQueue", "MoCo", "ResNet", "SmallCNN", "SplitBatchNorm2d", "build_encoder", "build_method",
     "convert_split_bn", "info_nce", "momentum_update", "projection_head", "resnet18",
     "resnet50", "small_cnn",
 ]

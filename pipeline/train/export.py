@@ -33,7 +33,7 @@ def save_encoder_safetensors(backbone: nn.Module, path: str) -> str:
 
 def view_pairs_png(view1: torch.Tensor, view2: torch.Tensor, path: str) -> str:
     """PNG grid of augmented view pairs ((B, C, H, W) uint8 reader views)."""
-    from pipeline.plots import view_pairs_grid
+    from pipeline.eval.plots import view_pairs_grid
 
     return view_pairs_grid(view1, view2, path, n=min(16, view1.shape[0]))
 
@@ -42,7 +42,7 @@ def summary_plots(run: RunRef, embeddings: tuple[Any, Any] | None,
                   class_names: list[str] | None = None) -> None:
     """Log plots/curves.png (loss and knn_top1 over steps) and, when eval embeddings are
     given ((N, D) features, (N,) labels), plots/embedding.png (PCA, and t-SNE)."""
-    from pipeline.plots import embedding_projection, run_history, training_curves
+    from pipeline.eval.plots import embedding_projection, run_history, training_curves
 
     client = client_for(run.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mocopipe-plots-") as tmp:

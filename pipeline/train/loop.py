@@ -23,8 +23,10 @@ from typing import Any
 import torch
 
 from pipeline import dist
-from pipeline.config import Config, OptimConfig
-from pipeline.train.schedule import LrSchedule, momentum_at, set_lr, warmup_steps_for
+from pipeline.config import Config
+from pipeline.train.optim import build_optimizer
+from pipeline.train.warm_start import warm_start
+from pipeline.train.lr_schedule import LrSchedule, momentum_at, set_lr, warmup_steps_for
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +48,6 @@ class TrainResult:
     registered_model: str | None = None
     model_version: str | None = None
 
-
-def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Trainable params; with `no_decay_bn_bias`, 1-d params (BN, biases) get no weight decay."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if cfg.no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 def amp_setup(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
@@ -122,23 +112,6 @@ def select_shards(shards: list[tuple[str, int]], keys: list[str],
     return chosen
 
 
-def warm_start(model: torch.nn.Module, uri: str) -> None:
-    """Load a logged backbone (`train.init_from`, an MLflow model URI) into both encoders.
-
-    The registry holds the query backbone (`mlflow.pytorch.log_model`); the key encoder
-    starts as its copy, as at MoCo's initialisation. The projection heads stay fresh.
-    """
-    import mlflow.pytorch
-
-    src = mlflow.pytorch.load_model(uri, map_location="cpu")
-    state = src.state_dict()
-    target = model.backbone  # type: ignore[attr-defined]
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.startswith("fc.")]:
-        raise ValueError(f"train.init_from: {uri} does not fit model.arch "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.encoder_k.load_state_dict(model.encoder_q.state_dict())  # type: ignore[attr-defined]
-
 
 def train(cfg: Config, run: Any, *, device: torch.device,
           should_stop: Callable[[], bool] = lambda: False,
@@ -149,7 +122,7 @@ def train(cfg: Config, run: Any, *, device: torch.device,
     use_ray: readers as Ray actors (False: in-process readers, for a single-process run).
     """
     from pipeline.ingest.loader import Loader
-    from pipeline.model import MoCo, build_encoder
+    from pipeline.model import build_method
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
     from pipeline.train.checkpoint import CheckpointManager, mlflow_repo, unpack
@@ -162,10 +135,10 @@ def train(cfg: Config, run: Any, *, device: torch.device,
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)
-    model = MoCo(build_encoder(cfg.model, cfg.data.channels), cfg.moco, seed=t.seed).to(device)
+    model = build_method(cfg.model, cfg.moco, in_channels=cfg.data.channels, seed=t.seed).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(param_groups(model, o), lr=cfg.scaled_lr, momentum=o.momentum)
+    optimizer = build_optimizer(model, o, lr=cfg.scaled_lr)
     amp_dtype, use_scaler = amp_setup(device, t.amp)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     shards = select_shards(manifest.shard_counts(), cfg.data.train_shards, cfg.data.train)

@@ -87,7 +87,7 @@ class KnnMonitor:
         self._last_query: tuple[torch.Tensor, Any] | None = None
 
     def _load(self) -> tuple[Any, Any, Any, Any]:
-        from pipeline.evaluate import load_labelled
+        from pipeline.eval.features import load_labelled
         from pipeline.storage import Storage
 
         if self._data is None:
@@ -102,7 +102,7 @@ class KnnMonitor:
 
     def __call__(self, backbone: nn.Module) -> float:
         """kNN top-1 of `backbone`; its query features are kept for `last_embeddings`."""
-        from pipeline.evaluate import extract_features, knn_top1
+        from pipeline.eval.features import extract_features, knn_top1
 
         bank_x, bank_y, query_x, query_y = self._load()
         bank = extract_features(backbone, bank_x, self.cfg.augment, device=self.device)

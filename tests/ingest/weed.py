@@ -1,6 +1,6 @@
 """A private SeaweedFS (`weed mini`) that a fault test may kill and restart by PID.
 
-Started with the same command line as the local stack (`pipeline.stack_launch.weed_cmd`), on
+Started with the same command line as the local stack (`pipeline.stack.launch.weed_cmd`), on
 its own loopback ports and data dir; a restart reuses both, so the objects survive.
 """
 
@@ -11,8 +11,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from pipeline.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, wait_until
-from pipeline.stack_launch import weed_cmd
+from pipeline.stack.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, wait_until
+from pipeline.stack.launch import weed_cmd
 
 _WEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
                "filer_grpc", "admin", "admin_grpc")

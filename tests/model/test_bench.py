@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import MocoConfig, ModelConfig
-from pipeline.model.bench import bench_train, format_report
+from pipeline.bench.train import bench_train, format_report
 
 pytestmark = pytest.mark.unit
 

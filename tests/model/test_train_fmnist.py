@@ -5,7 +5,7 @@
 + `BatchAugment`). Checked: the InfoNCE loss ends clearly below the chance level ln(K+1) and
 below its value when the queue first holds only real keys (it rises while the random initial
 negatives leave the queue), and kNN top-1 (cosine, k=200, t=0.1;
-`pipeline.evaluate.knn_top1`) of the trained backbone beats the same architecture with its
+`pipeline.eval.features.knn_top1`) of the trained backbone beats the same architecture with its
 random initial weights by a margin measured on this setup (MARGIN). About 45 s of CPU time.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from pipeline.augment import BatchAugment, two_views
 from pipeline.config import AugmentConfig, MocoConfig
-from pipeline.evaluate import extract_features, knn_top1
+from pipeline.eval.features import extract_features, knn_top1
 from pipeline.model import MoCo, small_cnn
 from pipeline.shards.fmnist import load_fashion_mnist
 

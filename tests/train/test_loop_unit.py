@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import OptimConfig
-from pipeline.train.loop import amp_setup, param_groups
+from pipeline.train.loop import amp_setup
+from pipeline.train.optim import param_groups
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, tree, wait_until
+from pipeline.stack.procs import LOOPBACK, ProcRef, pick_ports, spawn, stop, tree, wait_until
 from tests.train.fixtures import Dataset, metric_steps, start_train
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.config import ModelConfig, MocoConfig
 from pipeline.model import MoCo, build_encoder
-from pipeline.train.loop import select_shards, warm_start
+from pipeline.train.loop import select_shards
+from pipeline.train.warm_start import warm_start
 
 pytestmark = pytest.mark.unit
 

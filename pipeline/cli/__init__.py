@@ -1,0 +1,62 @@
+"""`mocopipe ...`: thin subcommands, one module per verb group.
+
+Each handler parses, loads its config, calls the library and prints. Errors that are the
+user's input are turned into one line on stderr by `main` (the one error handler), with the
+exit codes documented in the README:
+
+    0 success | 1 a check found problems / a job failed | 2 bad input (config, data,
+    credentials, endpoints) | 130 interrupted | 143 a run stopped early (SIGTERM / stop)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import bench, config, evaluate, jobs, shards, stack, train
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 130, 143
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mocopipe",
+        description="Distributed MoCo v2 pretraining: S3 shards -> Ray readers -> Ray Train -> MLflow",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for add in (config.add_config, stack.add_stack, shards.add_shards, train.add_train,
+                bench.add_bench, jobs.add_jobs, evaluate.add_evaluate):
+        add(sub)
+    return parser
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input (or an unreachable service), printed as one line."""
+    from pipeline.config import ConfigError
+    from pipeline.orchestrate.cron import ScheduleError
+    from pipeline.orchestrate.submit import JobsError
+    from pipeline.shards.manifest import ManifestError
+    from pipeline.stack.procs import StackError
+    from pipeline.storage import StorageError
+    from pipeline.tracking import TrackingError
+
+    return (ConfigError, ManifestError, StorageError, StackError, TrackingError, JobsError,
+            ScheduleError, FileNotFoundError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("mocopipe: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except known_errors() as exc:
+        print(f"mocopipe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.mocopipe-installed
 TORCH   := torch==2.13.0
 SYSDEPS := dataset-fashion-mnist chromium chromium-driver
 
-.PHONY: all install sysdeps demo test up down bench clean
+.PHONY: all install sysdeps demo test up down bench gpu-check clean
 
 all: test
 
@@ -71,6 +71,18 @@ bench: install sysdeps
 	  $(MOCO) shards write $(BENCH_JPEGS) $(BENCH_DATA) --samples-per-shard 400 --quiet; }; } && \
 	$(MOCO) bench ingest $(BENCH_DATA) && \
 	$(MOCO) bench train jobs/configs/demo.toml
+
+# The GPU check (`mocopipe bench gpu`): one JSON line, under 8 minutes on one H100/H200.
+# Uses this checkout's venv when it has torch, else the machine's python3 (a GPU image's own
+# torch); what is missing besides torch comes from ./.whl (wheels carried to an offline node)
+# or from the package index, into ./.gpu-site. `make gpu-check ARGS=--dry-run` runs it on CPU.
+GPU_PY := $(shell test -x $(PY) && $(PY) -c 'import torch' 2>/dev/null && echo $(PY) || command -v python3)
+gpu-check:
+	@$(GPU_PY) -c 'import torch' || { echo "gpu-check: no torch for $(GPU_PY); run make install" >&2; exit 2; }
+	@$(GPU_PY) -c 'import simplejpeg, webdataset, PIL, numpy' 2>/dev/null || { \
+	  if [ -d .whl ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --target .gpu-site .whl/*.whl; \
+	  else $(GPU_PY) -m pip install -q --target .gpu-site simplejpeg==1.9.0 webdataset==1.0.2; fi; }
+	PYTHONPATH="$(CURDIR):$(CURDIR)/.gpu-site" timeout 480 $(GPU_PY) -m pipeline.bench.gpu $(ARGS)
 
 clean:
 	-$(MOCO) down

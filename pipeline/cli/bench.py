@@ -15,6 +15,7 @@ def add_bench(sub: Any) -> None:
     s = p.add_subparsers(dest="bench_cmd", required=True)
     _add_bench_ingest(s)
     _add_bench_train(s)
+    _add_bench_gpu(s)
 
 
 def _add_bench_ingest(s: Any) -> None:
@@ -73,3 +74,21 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
+
+
+def _add_bench_gpu(s: Any) -> None:
+    from pipeline.bench import gpu
+
+    p = s.add_parser("gpu", help="MoCo v2 ResNet-50 img/s on one GPU: synthetic vs compiled vs "
+                     "DDP shuffle/sync BN vs the real ingest, peak memory; one JSON line")
+    gpu.add_arguments(p)
+    p.set_defaults(func=_cmd_bench_gpu)
+
+
+def _cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from pipeline.bench import gpu
+
+    try:
+        return gpu.run(args)
+    except ValueError as exc:  # no GPU / a bad flag: one line, exit 2
+        raise ConfigError(str(exc)) from exc

@@ -18,15 +18,16 @@ def test_bench_gpu_dry_run_prints_one_json_line_with_every_section(capsys) -> No
     assert len(lines) == 1
     r = json.loads(lines[0])
     assert r["dry_run"] is True and r["device"] == "cpu" and r["arch"] == "resnet18"
-    for key in ("synthetic_img_s", "compiled_img_s", "ddp_shuffle_bn_img_s", "ingest_img_s"):
+    for key in ("synthetic_img_s", "compiled_img_s", "ddp_shuffle_bn_img_s", "ingest_img_s",
+                "ingest_prefetch_img_s"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["ddp_backend"] == "gloo"
-    assert 0.0 <= r["gpu_idle_frac"] <= 1.0
-    # the ratios are what they say they are
+    assert 0.0 <= r["gpu_idle_frac"] <= 1.0 and 0.0 <= r["gpu_idle_frac_prefetch"] <= 1.0
+    # the ratios are what they say they are (up to the rounding of the printed img/s)
     assert r["ingest_vs_synthetic"] == pytest.approx(r["ingest_img_s"] / r["synthetic_img_s"],
-                                                     rel=0.01)
+                                                     rel=0.05)
     assert r["compile_speedup"] == pytest.approx(r["compiled_img_s"] / r["synthetic_img_s"],
-                                                 rel=0.01)
+                                                 rel=0.05)
 
 
 def test_bench_gpu_without_cuda_is_one_line_error(capsys) -> None:

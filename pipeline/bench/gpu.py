@@ -207,9 +207,11 @@ def _write_jpeg_shards(spec: GpuBenchSpec, root: str) -> str:
 
 
 def _ingest_section(spec: GpuBenchSpec, device: torch.device, stepper: _Stepper,
-                    synthetic_img_s: float) -> dict[str, float]:
+                    v1: torch.Tensor, v2: torch.Tensor, synthetic_img_s: float,
+                    say: Callable[[str], None]) -> dict[str, float]:
     import torch.multiprocessing as mp
 
+    say(f"ingest: {spec.images} JPEGs -> shards -> {spec.readers} reader processes")
     with tempfile.TemporaryDirectory(prefix="mocopipe-bench-gpu-") as root:
         t0 = time.perf_counter()
         dataset = _write_jpeg_shards(spec, root)
@@ -276,6 +278,36 @@ def _feed(spec: GpuBenchSpec, device: torch.device, stepper: _Stepper,
     return round(spec.batch * spec.steps / wall, 1), round(sum(waits) / wall, 3)
 
 
+def _compile_section(spec: GpuBenchSpec, device: torch.device, eager: _Stepper,
+                     v1: torch.Tensor, v2: torch.Tensor, synthetic: float,
+                     say: Callable[[str], None]) -> dict[str, Any]:
+    say(f"compile: torch.compile(backend={spec.compile_backend!r})")
+    compiled = _Stepper(spec, device, compile_backend=spec.compile_backend)
+    img_s, warm_s = _timed(lambda: compiled(v1, v2), spec, device)
+    return {"compiled_img_s": round(img_s, 1), "compile_speedup": round(img_s / synthetic, 3),
+            "compile_warmup_s": round(warm_s, 1)}  # the first steps include compiling
+
+
+def _ddp_section(spec: GpuBenchSpec, device: torch.device, eager: _Stepper,
+                 v1: torch.Tensor, v2: torch.Tensor, synthetic: float,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with _one_rank_group(device) as backend:
+        res = {}
+        for bn in ("shuffle", "sync"):
+            if bn == "sync" and device.type != "cuda":
+                continue  # SyncBatchNorm needs CUDA tensors
+            say(f"ddp: {bn} BN on {backend}")
+            stepper = _Stepper(spec, device, bn=bn, ddp=True)
+            res[bn], _ = _timed(lambda s=stepper: s(v1, v2), spec, device)
+            del stepper
+        out.update(ddp_backend=backend, ddp_shuffle_bn_img_s=round(res["shuffle"], 1))
+        if "sync" in res:
+            out.update(ddp_sync_bn_img_s=round(res["sync"], 1),
+                       sync_vs_shuffle_bn=round(res["sync"] / res["shuffle"], 3))
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -307,30 +339,14 @@ def bench_gpu(*, dry_run: bool = False, spec: GpuBenchSpec | None = None,
     if device.type == "cuda":
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         result["meets_target"] = synthetic >= TARGET_IMG_S
-    if "compile" in sections:
-        say(f"compile: torch.compile(backend={spec.compile_backend!r})")
-        compiled = _Stepper(spec, device, compile_backend=spec.compile_backend)
-        img_s, warm_s = _timed(lambda: compiled(v1, v2), spec, device)
-        result.update(compiled_img_s=round(img_s, 1), compile_speedup=round(img_s / synthetic, 3),
-                      compile_warmup_s=round(warm_s, 1))  # the first steps include compiling
-        del compiled
-    if "ddp" in sections:
-        with _one_rank_group(device) as backend:
-            res = {}
-            for bn in ("shuffle", "sync"):
-                if bn == "sync" and device.type != "cuda":
-                    continue  # SyncBatchNorm needs CUDA tensors
-                say(f"ddp: {bn} BN on {backend}")
-                stepper = _Stepper(spec, device, bn=bn, ddp=True)
-                res[bn], _ = _timed(lambda s=stepper: s(v1, v2), spec, device)
-                del stepper
-            result.update(ddp_backend=backend, ddp_shuffle_bn_img_s=round(res["shuffle"], 1))
-            if "sync" in res:
-                result.update(ddp_sync_bn_img_s=round(res["sync"], 1),
-                              sync_vs_shuffle_bn=round(res["sync"] / res["shuffle"], 3))
-    if "ingest" in sections:
-        say(f"ingest: {spec.images} JPEGs -> shards -> {spec.readers} reader processes")
-        result.update(_ingest_section(spec, device, eager, synthetic))
+    for name, section in (("compile", _compile_section), ("ddp", _ddp_section),
+                          ("ingest", _ingest_section)):
+        if name not in sections:
+            continue
+        try:  # one failing section must not cost the figures of the others
+            result.update(section(spec, device, eager, v1, v2, synthetic, say))
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON line, exit code 1
+            result[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
     if device.type == "cuda":
         result["peak_mem_gib_all"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return result
@@ -376,7 +392,7 @@ def run(args: Any) -> int:
     result = bench_gpu(dry_run=args.dry_run, spec=spec, sections=sections,
                        say=lambda m: print(f"[bench gpu] {m}", flush=True))
     print(format_report(result), flush=True)
-    return 0
+    return 1 if any(k.endswith("_error") for k in result) else 0
 
 
 if __name__ == "__main__":

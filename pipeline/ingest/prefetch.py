@@ -45,6 +45,8 @@ class DevicePrefetcher:
                  state_fn: Callable[[], Any] | None = None) -> None:
         if depth < 1:
             raise ValueError(f"DevicePrefetcher: depth {depth} must be >= 1")
+        if device.type == "cuda" and device.index is None:  # set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.keys, self.state_fn = device, keys, state_fn
         self._source = iter(batches)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)

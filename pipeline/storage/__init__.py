@@ -18,15 +18,36 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import StorageConfig
-from pipeline.storage.base import (Backend, ObjectInfo, ObjectNotFound, PreconditionFailed,
-                                   StorageError, TransientStorageError, check_uri, is_s3,
-                                   join, scheme, split_s3)
+from pipeline.storage.base import (
+    Backend,
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    TransientStorageError,
+    check_uri,
+    is_s3,
+    join,
+    scheme,
+    split_s3,
+)
 from pipeline.storage.local import LocalBackend
 from pipeline.storage.s3 import S3Backend
 
-__all__ = ["Storage", "StorageError", "ObjectNotFound", "TransientStorageError",
-           "PreconditionFailed", "ObjectInfo", "Backend", "is_s3", "split_s3", "join",
-           "scheme", "check_uri"]
+__all__ = [
+    "Backend",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "PreconditionFailed",
+    "Storage",
+    "StorageError",
+    "TransientStorageError",
+    "check_uri",
+    "is_s3",
+    "join",
+    "scheme",
+    "split_s3",
+]
 
 
 class Storage:

@@ -110,6 +110,10 @@ def check_condition(uri: str, if_match: str | None, if_none_match: bool) -> None
 class Backend(Protocol):
     """One storage system. `Storage` picks the backend per URI and delegates to it."""
 
+    @property
+    def credential_source(self) -> str:
+        """S3: where boto3's chain found the credentials ("env", "iam-role", ...); local: ""."""
+
     def check_access(self, uri: str) -> None:
         """Fail early (StorageError) if `uri` cannot be written: no credentials, access
         denied, missing bucket, unreachable server, a file where a folder should be."""

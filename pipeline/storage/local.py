@@ -16,10 +16,17 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
-from pipeline.storage.base import (ObjectInfo, ObjectNotFound, PreconditionFailed, StorageError,
-                                   check_condition, check_range)
+from pipeline.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    check_condition,
+    check_range,
+)
 
 
 def _etag(st: os.stat_result) -> str:
@@ -28,6 +35,8 @@ def _etag(st: os.stat_result) -> str:
 
 class LocalBackend:
     """Objects are files; a "folder" prefix is a directory. Stateless, hence picklable."""
+
+    credential_source = ""  # the filesystem's own permissions apply
 
     def check_access(self, uri: str) -> None:
         """The nearest existing ancestor of `uri` must be a directory."""
@@ -83,7 +92,7 @@ class LocalBackend:
         if start < 0:
             raise ValueError(f"get_stream {uri}: start={start} must be >= 0")
         try:
-            f = open(uri, "rb")
+            f = open(uri, "rb")  # noqa: SIM115 - returned to the caller, who closes it
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"open {uri}: no such file") from exc
         except OSError as exc:

@@ -22,12 +22,20 @@ import io
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pipeline.config import StorageConfig
-from pipeline.storage.base import (ObjectInfo, ObjectNotFound, PreconditionFailed, StorageError,
-                                   TransientStorageError, check_condition, check_range,
-                                   split_s3)
+from pipeline.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    TransientStorageError,
+    check_condition,
+    check_range,
+    split_s3,
+)
 from pipeline.storage.chain import client_for
 
 T = TypeVar("T")
@@ -71,6 +79,13 @@ class S3Backend:
                     self._client, self._source = client_for(self.cfg, endpoint_of(self.cfg))
         return self._client
 
+    @property
+    def credential_source(self) -> str:
+        """Where boto3's chain found the credentials: "env", "shared-credentials-file",
+        "assume-role-with-web-identity", "iam-role", ... (builds the client)."""
+        _ = self.client
+        return self._source
+
     # ------------------------------------------------------------------ API
 
     def check_access(self, uri: str) -> None:
@@ -90,7 +105,7 @@ class S3Backend:
         with self._errors(uri, "put_object"):
             try:
                 return str(self.client.put_object(**kwargs).get("ETag", ""))
-            except Exception as exc:  # noqa: BLE001 - re-raised unless a lost condition
+            except Exception as exc:
                 if (if_match is not None or if_none_match) and (
                         _code(exc) in _PRECONDITION or (if_match and _code(exc) in _NOT_FOUND)):
                     cond = f"if_match={if_match}" if if_match else "if_none_match"
@@ -124,7 +139,7 @@ class S3Backend:
                 kwargs["Range"] = rng
             try:
                 resp = self.client.get_object(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - an empty range past the end is b""
+            except Exception as exc:
                 if _code(exc) == "InvalidRange":
                     return b""
                 raise
@@ -139,7 +154,7 @@ class S3Backend:
         with self._errors(uri, "get_object"):
             try:
                 resp = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _code(exc) != "InvalidRange":
                     raise
                 info = self.head(uri)

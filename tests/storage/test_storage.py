@@ -11,8 +11,15 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import StorageConfig
-from pipeline.storage import (ObjectNotFound, PreconditionFailed, Storage, StorageError, is_s3,
-                              join, split_s3)
+from pipeline.storage import (
+    ObjectNotFound,
+    PreconditionFailed,
+    Storage,
+    StorageError,
+    is_s3,
+    join,
+    split_s3,
+)
 from pipeline.storage.local import LocalBackend
 from pipeline.storage.s3 import S3Backend
 
@@ -167,27 +174,35 @@ def test_local_compare_and_swap_loses_no_update_across_processes(tmp_path: Path)
     assert int(Storage().get_bytes(uri)) == procs * each, lost
 
 
+def _race_to_create(s: Storage, uri: str, n: int) -> list[int]:
+    """n threads create `uri` with if_none_match at once; return the winners' ids."""
+    wins: list[int] = []
+    lost: list[int] = []
+    barrier = threading.Barrier(n)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            s.put_bytes(uri, f"w{i}".encode(), if_none_match=True)
+            wins.append(i)
+        except PreconditionFailed:
+            lost.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) + len(lost) == n
+    return wins
+
+
 def test_local_if_none_match_race_has_one_winner(tmp_path: Path) -> None:
-    s, n = Storage(), 8
+    s = Storage()
     for round_ in range(5):
-        uri, wins, lost = str(tmp_path / f"m{round_}.json"), [], []
-        barrier = threading.Barrier(n)
-
-        def create(i: int) -> None:
-            barrier.wait()
-            try:
-                s.put_bytes(uri, f"w{i}".encode(), if_none_match=True)
-                wins.append(i)
-            except PreconditionFailed:
-                lost.append(i)
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(wins) == 1 and len(lost) == n - 1
-        assert s.get_bytes(uri) == f"w{wins[0]}".encode()
+        uri = str(tmp_path / f"m{round_}.json")
+        wins = _race_to_create(s, uri, 8)
+        assert len(wins) == 1 and s.get_bytes(uri) == f"w{wins[0]}".encode()
 
 
 def test_pickle_drops_the_client_and_keeps_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

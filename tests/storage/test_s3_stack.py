@@ -88,3 +88,23 @@ def test_no_credentials_anywhere_fails_the_cli_in_one_line(
     assert rc == 2 and time.monotonic() - t0 < 10
     assert err.count("\n") == 1 and "no AWS credentials found" in err, err
     assert "default credential chain tried" in err and str(bare_aws / "credentials") in err
+
+
+@pytest.mark.slow
+def test_profile_only_driver_trains(fmnist_tiny: Any, stack: Any, bare_aws: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mocopipe train` with credentials only in a profile file: the driver reads the
+    manifest with them; the Ray workers use their node's own credentials (the head's env)."""
+    from tests.train.fixtures import run_train
+
+    write_profile(bare_aws, "moco-train", stack.access_key, stack.secret_key)
+    monkeypatch.setenv("AWS_PROFILE", "moco-train")
+    for key, value in stack.env.items():  # endpoints, MLflow, Ray; not the S3 keys
+        if key not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(key, value)
+    name = f"profile-{uuid.uuid4().hex[:8]}"
+    tp = run_train(fmnist_tiny, name, "train.epochs=1", "eval.every_epochs=0",
+                   "ray.num_workers=1")
+    summary = tp.summary()
+    assert summary["steps"] > 0, summary
+    assert "no AWS credentials" not in tp.text

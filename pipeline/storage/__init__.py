@@ -104,18 +104,27 @@ class Storage:
         """
         self.backend(uri).put_file(uri, path, metadata)
 
-    def get_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end) of the object (end=None: to the end)."""
-        return self.backend(uri).get_bytes(uri, start, end)
+    def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
+                  if_match: str | None = None) -> bytes:
+        """Bytes [start, end) of the object (end=None: to the end). With `if_match`, only
+        from that version of the object (from `head`), else PreconditionFailed."""
+        if if_match is None:  # keeps the positional signature subclasses override
+            return self.backend(uri).get_bytes(uri, start, end)
+        return self.backend(uri).get_bytes(uri, start, end, if_match=if_match)
 
-    def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
+    def get_stream(self, uri: str, start: int = 0, *,
+                   if_match: str | None = None) -> tuple[Any, int]:
         """Open the object for sequential reading from byte `start`.
 
         Returns ``(body, total_size)``: `body` has ``.read(n)`` and ``.close()`` (a boto3
         StreamingBody or a local file object positioned at `start`); `total_size` is the size
-        of the whole object, so ``total_size - start`` bytes remain.
+        of the whole object, so ``total_size - start`` bytes remain. With `if_match` (an ETag
+        from `head`), a stream resumed by range fails with PreconditionFailed if the object
+        was replaced meanwhile, instead of splicing bytes of two versions.
         """
-        return self.backend(uri).get_stream(uri, start)
+        if if_match is None:
+            return self.backend(uri).get_stream(uri, start)
+        return self.backend(uri).get_stream(uri, start, if_match=if_match)
 
     def head(self, uri: str) -> ObjectInfo | None:
         """Size, ETag and user metadata of the object; None when it does not exist."""

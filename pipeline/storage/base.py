@@ -126,11 +126,15 @@ class Backend(Protocol):
     def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
         """Upload the local file `path` (S3: multipart above the configured threshold)."""
 
-    def get_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end) of the object (end=None: to the end); ObjectNotFound."""
+    def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
+                  if_match: str | None = None) -> bytes:
+        """Bytes [start, end) of the object (end=None: to the end); ObjectNotFound;
+        PreconditionFailed when `if_match` is not the object's current ETag."""
 
-    def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
-        """``(body, total_size)``: `body` reads sequentially from byte `start`."""
+    def get_stream(self, uri: str, start: int = 0, *,
+                   if_match: str | None = None) -> tuple[Any, int]:
+        """``(body, total_size)``: `body` reads sequentially from byte `start`; `if_match`
+        as in `get_bytes`."""
 
     def head(self, uri: str) -> ObjectInfo | None:
         """Size, ETag and metadata of the object; None when it does not exist."""

@@ -33,6 +33,14 @@ def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
+def _check_version(uri: str, f: BinaryIO, if_match: str | None) -> None:
+    """PreconditionFailed unless the open file `f` is version `if_match` (None: any)."""
+    if if_match is not None:
+        now = _etag(os.fstat(f.fileno()))  # of the file opened, not of a later replacement
+        if now != if_match:
+            raise PreconditionFailed(f"read {uri}: the object changed (ETag {if_match} -> {now})")
+
+
 class LocalBackend:
     """Objects are files; a "folder" prefix is a directory. Stateless, hence picklable."""
 
@@ -75,12 +83,14 @@ class LocalBackend:
         with open(path, "rb") as src:
             self._atomic(uri, lambda f: shutil.copyfileobj(src, f, 4 * 2**20))
 
-    def get_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+    def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
+                  if_match: str | None = None) -> bytes:
         check_range(uri, start, end)
         if end is not None and end == start:
             return b""
         try:
             with open(uri, "rb") as f:
+                _check_version(uri, f, if_match)
                 f.seek(start)
                 return f.read() if end is None else f.read(end - start)
         except FileNotFoundError as exc:
@@ -88,7 +98,8 @@ class LocalBackend:
         except OSError as exc:
             raise StorageError(f"read {uri}: {exc}") from exc
 
-    def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
+    def get_stream(self, uri: str, start: int = 0, *,
+                   if_match: str | None = None) -> tuple[Any, int]:
         if start < 0:
             raise ValueError(f"get_stream {uri}: start={start} must be >= 0")
         try:
@@ -97,6 +108,11 @@ class LocalBackend:
             raise ObjectNotFound(f"open {uri}: no such file") from exc
         except OSError as exc:
             raise StorageError(f"open {uri}: {exc}") from exc
+        try:
+            _check_version(uri, f, if_match)
+        except PreconditionFailed:
+            f.close()
+            raise
         total = os.fstat(f.fileno()).st_size
         f.seek(min(start, total))
         return f, total

@@ -126,7 +126,8 @@ class S3Backend:
             self.client.upload_file(path, bucket, key, Config=tc,
                                     ExtraArgs={"Metadata": dict(metadata or {})})
 
-    def get_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+    def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
+                  if_match: str | None = None) -> bytes:
         check_range(uri, start, end)
         if end is not None and end == start:
             return b""
@@ -137,6 +138,8 @@ class S3Backend:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
             if start or end is not None:
                 kwargs["Range"] = rng
+            if if_match is not None:
+                kwargs["IfMatch"] = if_match
             try:
                 resp = self.client.get_object(**kwargs)
             except Exception as exc:
@@ -147,19 +150,25 @@ class S3Backend:
 
         return self._with_backoff(fetch, uri, "get_object")
 
-    def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
+    def get_stream(self, uri: str, start: int = 0, *,
+                   if_match: str | None = None) -> tuple[Any, int]:
         if start < 0:
             raise ValueError(f"get_stream {uri}: start={start} must be >= 0")
         bucket, key = split_s3(uri)
+        cond = {} if if_match is None else {"IfMatch": if_match}
         with self._errors(uri, "get_object"):
             try:
-                resp = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-")
+                resp = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-",
+                                              **cond)
             except Exception as exc:
                 if _code(exc) != "InvalidRange":
                     raise
                 info = self.head(uri)
                 if info is None:
                     raise ObjectNotFound(f"get_object {uri}: no such object") from exc
+                if if_match is not None and info.etag != if_match:
+                    raise PreconditionFailed(f"get_object {uri}: the object changed (ETag "
+                                             f"{if_match} -> {info.etag})") from exc
                 return io.BytesIO(b""), info.size
         content_range = resp.get("ContentRange") or ""
         if "/" in content_range and not content_range.endswith("/*"):
@@ -218,6 +227,8 @@ class S3Backend:
                 raise StorageError(f"{what} {where}: bucket {bucket!r} does not exist") from exc
             if code in _NOT_FOUND:
                 raise ObjectNotFound(f"{what} {where}: no such object") from exc
+            if code in ("PreconditionFailed", "412"):
+                raise PreconditionFailed(f"{what} {where}: the object changed: {msg}") from exc
             if code in _DENIED:
                 raise StorageError(
                     f"{what} {where}: access to bucket {bucket!r} denied ({code}: {msg}); "

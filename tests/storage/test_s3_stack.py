@@ -40,6 +40,16 @@ def test_seaweedfs_honours_conditional_puts(storage: Storage, prefix: str) -> No
     with pytest.raises(PreconditionFailed, match="if_match"):
         storage.put_bytes(uri, b"v4", if_match=v1)  # stale
     assert storage.get_bytes(uri) == b"v3"
+    assert storage.get_bytes(uri, 1, if_match=v3) == b"3"
+    body, total = storage.get_stream(uri, 1, if_match=v3)
+    assert (body.read(), total) == (b"3", 2)
+    body.close()
+    with pytest.raises(PreconditionFailed, match="changed"):
+        storage.get_stream(uri, 1, if_match=v1)  # a reader resuming an older version
+    with pytest.raises(PreconditionFailed, match="changed"):
+        storage.get_bytes(uri, 0, 1, if_match=v1)
+    with pytest.raises(PreconditionFailed, match="changed"):
+        storage.get_stream(uri, 2, if_match=v1)  # at the end: no range to read, still checked
     storage.delete(uri)
     with pytest.raises(PreconditionFailed):
         storage.put_bytes(uri, b"v5", if_match=v3)  # deleted meanwhile

@@ -123,6 +123,22 @@ def test_local_etag_changes_with_every_write(tmp_path: Path) -> None:
     assert s.head(str(tmp_path)) is None  # a directory is not an object
 
 
+def test_local_reads_of_a_named_version(tmp_path: Path) -> None:
+    s = Storage()
+    uri = str(tmp_path / "shard.tar")
+    old = s.put_bytes(uri, b"0123456789")
+    assert s.get_bytes(uri, 2, 4, if_match=old) == b"23"
+    body, total = s.get_stream(uri, 5, if_match=old)
+    assert (body.read(), total) == (b"56789", 10)
+    body.close()
+    new = s.put_bytes(uri, b"abcdefghij")  # replaced while a reader was between ranges
+    with pytest.raises(PreconditionFailed, match="changed"):
+        s.get_stream(uri, 5, if_match=old)
+    with pytest.raises(PreconditionFailed, match="changed"):
+        s.get_bytes(uri, 5, if_match=old)
+    assert s.get_bytes(uri, 5, if_match=new) == b"fghij"
+
+
 def test_local_conditional_writes(tmp_path: Path) -> None:
     s = Storage()
     uri = str(tmp_path / "d" / "manifest.json")

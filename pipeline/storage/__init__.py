@@ -28,7 +28,6 @@ from pipeline.storage.base import (
     check_uri,
     is_s3,
     join,
-    scheme,
     split_s3,
 )
 from pipeline.storage.local import LocalBackend
@@ -45,7 +44,6 @@ __all__ = [
     "check_uri",
     "is_s3",
     "join",
-    "scheme",
     "split_s3",
 ]
 
@@ -92,7 +90,9 @@ class Storage:
 
         ``if_match=etag``: replace only if the object is still that version (from `head`);
         ``if_none_match=True``: create only if it does not exist. When the condition does
-        not hold, PreconditionFailed is raised and nothing is written.
+        not hold, PreconditionFailed is raised and nothing is written. (On S3, a request
+        retried after a lost response can report PreconditionFailed although its first
+        attempt landed: a compare-and-swap loop re-reads before concluding it lost.)
         """
         return self.backend(uri).put_bytes(uri, data, if_match=if_match,
                                            if_none_match=if_none_match)

@@ -50,12 +50,6 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)  # S3 user metadata, lower-case keys
 
 
-def scheme(uri: str) -> str:
-    """``"s3://b/k" -> "s3"``; ``""`` for a local path."""
-    m = _SCHEME.match(uri)
-    return m.group(1).lower() if m else ""
-
-
 def is_s3(uri: str) -> bool:
     return uri.startswith(_S3)
 

@@ -28,10 +28,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class StorageConfig:
-    """Object storage. Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (env only)."""
+    """Object storage. Credentials never come from here: boto3's default chain (env, shared
+    credentials file / AWS_PROFILE, SSO, web identity, instance role) supplies them."""
 
-    endpoint_url: str = ""  # "" -> AWS_ENDPOINT_URL from the environment, else AWS default
-    region: str = "us-east-1"
+    endpoint_url: str = ""  # "" -> AWS_ENDPOINT_URL(_S3) from the environment, else AWS
+    region: str = ""  # "" -> boto3 decides (AWS_DEFAULT_REGION, profile); us-east-1 if endpoint
+    addressing: str = "auto"  # auto (path-style iff an endpoint is set) | path | virtual
     max_retries: int = 5  # attempts per request on connection errors / 5xx
     retry_backoff_s: float = 0.5  # first backoff; doubles each retry
     connect_timeout_s: float = 10.0
@@ -368,6 +370,8 @@ def validate(cfg: Config) -> None:
     if s.endpoint_url:
         _need(s.endpoint_url.startswith(("http://", "https://")), "storage.endpoint_url",
               s.endpoint_url, "must start with http:// or https://")
+    _need(s.addressing in ("auto", "path", "virtual"), "storage.addressing", s.addressing,
+          "must be auto, path or virtual")
 
     for key in ("train", "eval_train", "eval_test"):
         _check_uri(f"data.{key}", getattr(d, key))

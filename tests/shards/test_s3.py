@@ -129,8 +129,12 @@ def test_bad_storage_fails_before_upload(stack: Any, prefix: str, jpeg_folder: P
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     with pytest.raises(StorageError, match="access to bucket 'corpus' denied"):
         write_shards(str(jpeg_folder), f"{prefix}/ds", storage=Storage(), progress=False)
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID is not set"):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # and no other source in boto3's chain:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(jpeg_folder / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(jpeg_folder / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with pytest.raises(StorageError, match="no AWS credentials found"):
         write_shards(str(jpeg_folder), f"{prefix}/ds", storage=Storage(), progress=False)
     monkeypatch.undo()
     assert Storage().list(prefix) == []  # nothing was uploaded by any of them

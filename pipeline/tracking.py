@@ -45,6 +45,19 @@ class TrackingError(RuntimeError):
     """MLflow is not configured or a run cannot be found; the message says what to do."""
 
 
+# ----------------------------------------------------------------------------- names
+
+
+def registered_model_name(cfg: Config) -> str:
+    """The registered model of a config: `mlflow.registered_model`, else "<train.name>-encoder"."""
+    return cfg.mlflow.registered_model or f"{cfg.train.name}-encoder"
+
+
+def default_run_name(cfg: Config) -> str:
+    """The run name of a config: `ray.run_name`, else "<train.name>-<UTC timestamp>"."""
+    return cfg.ray.run_name or f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -93,7 +106,7 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
         return exp.experiment_id
     try:
         return client.create_experiment(name)
-    except Exception:  # noqa: BLE001 - another driver created it concurrently
+    except Exception:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -126,6 +139,7 @@ def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
         if run is None:
             raise TrackingError(f"--resume {resume!r}: no MLflow run with that id, and no run "
                                 f"named {resume!r} in experiment {exp_name!r}")
+        refuse_if_live(run, resume)
         run_name = run.data.tags.get(RUN_NAME_TAG, run_name)
         exp_id = run.info.experiment_id
     else:
@@ -141,6 +155,24 @@ def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
     log_params(client, run_id, cfg.flat(), existing=run.data.params if resumed else {})
     set_tags(client, run_id, all_tags)
     return RunRef(run_id, exp_id, run_name, uri, resumed)
+
+
+LIVE_WITHIN_S = 120.0  # a RUNNING run with a metric this recent still has its driver
+
+
+def refuse_if_live(run: Run, resume: str, now: float | None = None) -> None:
+    """Raise TrackingError when `run` is RUNNING and logged a metric in the last
+    `LIVE_WITHIN_S` seconds: its driver is still training (two drivers would interleave)."""
+    if run.info.status != "RUNNING":
+        return
+    stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", []) or []]
+    if not stamps:
+        return
+    age = (now if now is not None else time.time()) - max(stamps) / 1000.0
+    if age < LIVE_WITHIN_S:
+        raise TrackingError(f"--resume {resume}: run {run.info.run_id} is RUNNING and logged a "
+                            f"metric {age:.0f} s ago; stop its driver first (or wait "
+                            f"{LIVE_WITHIN_S:.0f} s if it died)")
 
 
 def _run_by_id(client: MlflowClient, run_id: str) -> Run | None:

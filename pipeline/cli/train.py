@@ -42,7 +42,7 @@ def _print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.tracking import TrackingError
-    from pipeline.train.ray_trainer import run_training
+    from pipeline.train.ray_trainer import EXIT_STOPPED, run_training
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"mocopipe: error: {exc}", file=sys.stderr)
         return 2
     _print_train_summary(summary, args.json)
-    return 143 if summary.get("stopped") else 0
+    return EXIT_STOPPED if summary.get("stopped") else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +122,11 @@ def find_run(client: MlflowClient, experiment_id: str, run_name: str) -> Run | N
 
 
 def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
-             tags: Mapping[str, str] | None = None) -> RunRef:
+             tags: Mapping[str, str] | None = None,
+             before_continue: Callable[[RunRef], None] | None = None) -> RunRef:
     """Create the run of `run_name`, or continue it (same run name, or `resume` id/name).
+
+    before_continue(run): called before an existing run is touched (it raises to refuse).
 
     A new run gets the config params and `tags`; a continued run is set back to RUNNING and
     gets the params it does not have yet (MLflow params are immutable: a changed value is
@@ -149,6 +152,8 @@ def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
         run = client.create_run(exp_id, run_name=run_name, tags=redact_map(all_tags))
         resumed = False
     else:
+        if before_continue is not None:
+            before_continue(RunRef(run.info.run_id, exp_id, run_name, uri, True))
         client.update_run(run.info.run_id, status="RUNNING")
         resumed = True
     run_id = run.info.run_id

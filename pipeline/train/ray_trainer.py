@@ -12,7 +12,7 @@ driver itself died, running `mocopipe train` again with the same `ray.run_name` 
 `--resume RUN`) finds the MLflow run by its `mocopipe.run_name` tag and continues it
 (`--resume` of a run whose driver still runs is refused). SIGTERM on the driver sets a stop
 flag (a tiny named actor) that rank 0 polls every `train.log_every` steps; all ranks then
-save a checkpoint and return; the CLI and the Ray job then exit with `EXIT_STOPPED` (143).
+save a checkpoint and return; the summary says `stopped`, and the CLI and the Ray job exit 143 (`cli.EXIT_STOPPED`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
               "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-EXIT_STOPPED = 143  # a run stopped by SIGTERM (checkpointed; continue with --resume)
 
 
 class StopFlag:
@@ -98,12 +97,11 @@ def run_training(cfg: Config, resume: str | None = None, *,
     t_start = time.monotonic()
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
-                   tags=provenance_tags(cfg.data.train, manifest.sha256))
+                   tags=provenance_tags(cfg.data.train, manifest.sha256),
+                   before_continue=lambda r: _check_resume_on_driver(cfg, r, manifest.sha256))
     print(f"[mocopipe] MLflow run {run.run_id} ({'continued' if run.resumed else 'new'}): "
           f"{run.url}", flush=True)
     client = client_for(run.tracking_uri)
-    if run.resumed:
-        _check_resume_on_driver(cfg, run, manifest.sha256, client)
     # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
     # patch would send every line a second time through its logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -151,9 +149,10 @@ def run_training(cfg: Config, resume: str | None = None, *,
     return summary
 
 
-def _check_resume_on_driver(cfg: Config, run: RunRef, manifest_sha: str, client: Any) -> None:
-    """Refuse (one line, before any Ray work) to continue a run whose newest checkpoint was
-    written for other data or another config, unless `train.allow_changed_resume`."""
+def _check_resume_on_driver(cfg: Config, run: RunRef, manifest_sha: str) -> None:
+    """Refuse (one line, before the run or Ray is touched) to continue a run whose newest
+    checkpoint was written for other data or another config, unless
+    `train.allow_changed_resume`."""
     from pipeline.train.checkpoint import CheckpointError, CheckpointManager
     from pipeline.train.services import MlflowArtifacts
     from pipeline.train.state import check_resume, run_fingerprint
@@ -167,12 +166,8 @@ def _check_resume_on_driver(cfg: Config, run: RunRef, manifest_sha: str, client:
         saved = mgr.meta(step)
     except CheckpointError:
         return  # unreadable marker: the workers fall back past it
-    try:
-        check_resume(saved, run_fingerprint(cfg.flat(), manifest_sha), step=step,
-                     allow=cfg.train.allow_changed_resume)
-    except ValueError:
-        finish_run(client, run.run_id, "FAILED")
-        raise
+    check_resume(saved, run_fingerprint(cfg.flat(), manifest_sha), step=step,
+                 allow=cfg.train.allow_changed_resume)
 
 
 def summarize(run: RunRef, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline import dist
+from pipeline.config import ConfigError
 from pipeline.train.checkpoint import pack, unpack
 
 
@@ -112,7 +113,7 @@ def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(ConfigError):
     """The checkpoint to resume was written for other data or another config."""
 
 

@@ -192,3 +192,24 @@ def test_non_finite_weights_are_never_committed(tmp_path: Path,
     assert mgr.latest_step() == 4
     assert "non-finite weights, checkpoint NOT saved" in capsys.readouterr().out
     assert "mocopipe.alert" in sink.tags
+
+
+class StuckSink(MemorySink):
+    """A metric sink whose server is down: flush never completes in time."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        assert timeout is not None, "the commit-time flush must be bounded"
+        return False
+
+
+def test_a_commit_whose_metrics_cannot_be_flushed_is_not_committed(tmp_path: Path) -> None:
+    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.train.loop import _flush_or_veto
+
+    repo = LocalArtifacts(str(tmp_path))
+    mgr = CheckpointManager(repo, every_steps=1, keep=1,
+                            before_commit=_flush_or_veto(StuckSink(), timeout=0.5))
+    trainer = build_trainer(_cfg(), steps_per_epoch=SPE, device=torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"checkpoint\.flush_timeout_s: metrics up to step 4"):
+        save(trainer, TensorBatches(), mgr, Services(artifacts=repo), 4, last=True)
+    assert mgr.latest_step() is None

@@ -166,17 +166,16 @@ LIVE_WITHIN_S = 120.0  # a RUNNING run with a metric this recent still has its d
 
 
 def refuse_if_live(run: Run, resume: str, now: float | None = None) -> None:
-    """Raise TrackingError when `run` is RUNNING and logged a metric in the last
+    """Raise TrackingError when `run` is RUNNING and logged a metric (or started) in the last
     `LIVE_WITHIN_S` seconds: its driver is still training (two drivers would interleave)."""
     if run.info.status != "RUNNING":
         return
     stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", []) or []]
-    if not stamps:
-        return
+    stamps.append(run.info.start_time or 0)
     age = (now if now is not None else time.time()) - max(stamps) / 1000.0
     if age < LIVE_WITHIN_S:
-        raise TrackingError(f"--resume {resume}: run {run.info.run_id} is RUNNING and logged a "
-                            f"metric {age:.0f} s ago; stop its driver first (or wait "
+        raise TrackingError(f"--resume {resume}: run {run.info.run_id} is RUNNING and was "
+                            f"active {age:.0f} s ago; stop its driver first (or wait "
                             f"{LIVE_WITHIN_S:.0f} s if it died)")
 
 

@@ -49,19 +49,34 @@ def time_save(repo: ArtifactRepo, files: dict[str, bytes]) -> float:
     return seconds
 
 
-def bench(repos: dict[str, Callable[[], ArtifactRepo]], mb: int, rounds: int) -> dict[str, Any]:
-    """Median seconds / MB/s / s per GB for each transport; fresh repo per round."""
+def mlflow_lists(repo: ArtifactRepo) -> bool:
+    """True when the MLflow tracking server lists the committed checkpoint of `repo`'s run."""
+    from mlflow import MlflowClient
+
+    run_id, uri = getattr(repo, "run_id"), getattr(repo, "tracking_uri")
+    names = {i.path.rsplit("/", 1)[-1]
+             for i in MlflowClient(tracking_uri=uri).list_artifacts(run_id, step_dir(1))}
+    return {"state.pt", "ranks.pt", "COMPLETE"} <= names
+
+
+def bench(repos: dict[str, Callable[[], ArtifactRepo]], mb: int, rounds: int,
+          listed: Callable[[ArtifactRepo], bool] | None = None) -> dict[str, Any]:
+    """Median seconds / MB/s / s per GB for each transport; fresh repo per round.
+    listed(repo): whether the run's tracking server lists the checkpoint (recorded)."""
     files = synthetic_files(mb)
     size_mb = sum(len(d) for d in files.values()) / 2**20
     times: dict[str, list[float]] = {name: [] for name in repos}
+    seen: dict[str, bool] = {name: True for name in repos}
     for _ in range(rounds):
         for name, make in repos.items():
-            times[name].append(time_save(make(), files))
+            repo = make()
+            times[name].append(time_save(repo, files))
+            seen[name] = seen[name] and (listed is None or listed(repo))
     out: dict[str, Any] = {"state_mb": round(size_mb, 1), "rounds": rounds}
     for name, ts in times.items():
         med = statistics.median(ts)
         out[name] = {"seconds": [round(t, 2) for t in ts], "mb_per_s": round(size_mb / med, 1),
-                     "s_per_gb": round(med / (size_mb / 1024), 2)}
+                     "s_per_gb": round(med / (size_mb / 1024), 2), "listed": seen[name]}
     names = list(repos)
     if len(names) == 2:
         a, b = names
@@ -111,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(MlflowConfig())
-        result = bench(mlflow_repos(uri, args.direct_root), mb=args.mb, rounds=args.rounds)
+        result = bench(mlflow_repos(uri, args.direct_root), mb=args.mb, rounds=args.rounds,
+                       listed=mlflow_lists)
     print(json.dumps(result), flush=True)
     return 0
 

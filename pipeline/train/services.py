@@ -189,6 +189,7 @@ class MlflowArtifacts:
         )
 
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+        self.run_id, self.tracking_uri = run_id, tracking_uri
         self.artifact_uri = run.info.artifact_uri
         self.repo = get_artifact_repository(self.artifact_uri, tracking_uri=tracking_uri)
 

@@ -102,7 +102,7 @@ def start_train(data: Dataset, run_name: str, *extra: str, env: dict[str, str] |
 
 
 def run_train(data: Dataset, run_name: str, *extra: str, env: dict[str, str] | None = None,
-              timeout: float = 400, driver: tuple[str, ...] = ("-m", "pipeline.cli", "train")
+              timeout: float = 900, driver: tuple[str, ...] = ("-m", "pipeline.cli", "train")
               ) -> TrainProc:
     tp = start_train(data, run_name, *extra, env=env, driver=driver)
     try:

@@ -149,6 +149,8 @@ def ray_entry(config: dict[str, Any]) -> None:
 
     from pipeline.config import from_dict
 
+    # worker_group_s: from the driver's fit() to this attempt's worker (a restarted attempt
+    # counts the earlier attempts too)
     startup = {"startup/ray_init_s": config["ray_init_s"],
                "startup/worker_group_s": time.time() - config["fit_at"]}
     cfg, run = from_dict(config["cfg"]), RunRef(**config["run"])

@@ -6,7 +6,7 @@ provenance tags, and hands the run id to the train workers. Rank 0 then logs met
 through `MetricLogger`, a background thread that batches them (`log_batch`, <= 1000 per
 request) every `flush_every_s`, and keeps them (in order) while the server is unreachable,
 delivering them when it is back. Checkpoints are run artifacts (`pipeline.train.checkpoint`);
-the final encoder is logged with `mlflow.pytorch.log_model` and registered (`log_encoder`).
+the final encoder is logged and registered by `pipeline.train.export.log_encoder`.
 
 Secrets never reach MLflow: they are not config fields, and `redact` replaces any value of
 a secret environment variable (S3 keys, MLflow tokens) found in a param or tag.
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
-    from torch import nn
 
     from pipeline.config import Config, MlflowConfig
 
@@ -392,57 +391,3 @@ class MetricLogger:
                 if not self._pending:
                     self._flush_wanted = False
                 self._cond.notify_all()
-
-
-def start_system_metrics(run_id: str, tracking_uri: str, node_id: str | None = None) -> Any:
-    """Start MLflow's system metrics monitor (CPU, memory, disk, network, GPU) for the run.
-
-    This is the monitor `mlflow.start_run(log_system_metrics=True)` starts, attached to an
-    existing run without making it the process's active run; it continues the step count of
-    an earlier attempt. Returns the monitor (call `.finish()`), or None if it cannot start.
-    """
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id,
-                                       tracking_uri=tracking_uri)
-        monitor.start()
-        return monitor
-    except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
-        log.warning("mlflow: system metrics disabled (%s)", exc)
-        return None
-
-
-# ----------------------------------------------------------------------------- model registry
-
-
-def log_encoder(run: RunRef, backbone: nn.Module, *, registered_model: str,
-                example_shape: tuple[int, ...], tags: Mapping[str, str] | None = None
-                ) -> tuple[str, str]:
-    """Log `backbone` (CPU, eval mode) with `mlflow.pytorch.log_model` and register it.
-
-    The signature is (-1, C, H, W) float32 -> (-1, D) float32, inferred from a forward pass
-    on zeros of `example_shape` (N, C, H, W). Serialization is "pickle" (loading needs the
-    `mocopipe` package); `encoder.safetensors` is the framework-neutral copy. Requirements
-    are given explicitly (no slow inference in a subprocess). `tags` are set on the model
-    version (e.g. `knn_top1`). Returns (registered model name, version).
-    """
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    with torch.no_grad():
-        x = torch.zeros(example_shape)
-        signature = infer_signature(x.numpy(), backbone(x).numpy())
-    mlflow.set_tracking_uri(run.tracking_uri)
-    mlflow.set_experiment(experiment_id=run.experiment_id)
-    info = mlflow.pytorch.log_model(
-        backbone, name="encoder", registered_model_name=registered_model, run_id=run.run_id,
-        serialization_format="pickle", signature=signature,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mocopipe"])
-    version = str(info.registered_model_version)
-    client = client_for(run.tracking_uri)
-    for key, value in redact_map(tags or {}).items():
-        client.set_model_version_tag(registered_model, version, key, value)
-    return registered_model, version

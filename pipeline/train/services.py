@@ -96,12 +96,7 @@ class MlflowSink:
     system metrics monitor, and no value for a step a previous attempt already logged."""
 
     def __init__(self, run: RunRef, cfg: MlflowConfig, keys: Sequence[str]) -> None:
-        from pipeline.tracking import (
-            MetricLogger,
-            client_for,
-            logged_steps,
-            start_system_metrics,
-        )
+        from pipeline.tracking import MetricLogger, client_for, logged_steps
 
         self.client, self.run_id = client_for(run.tracking_uri), run.run_id
         skip = logged_steps(self.client, run.run_id, list(keys))
@@ -204,3 +199,22 @@ class MlflowArtifacts:
 
     def delete(self, path: str) -> None:
         self.repo.delete_artifacts(path)
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, node_id: str | None = None) -> Any:
+    """Start MLflow's system metrics monitor (CPU, memory, disk, network, GPU) for the run.
+
+    This is the monitor `mlflow.start_run(log_system_metrics=True)` starts, attached to an
+    existing run without making it the process's active run; it continues the step count of
+    an earlier attempt. Returns the monitor (call `.finish()`), or None if it cannot start.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id,
+                                       tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
+        log.warning("mlflow: system metrics disabled (%s)", exc)
+        return None

@@ -120,14 +120,6 @@ def test_sigterm_on_the_driver_checkpoints_then_the_run_continues(fmnist_tiny: D
                 break
             time.sleep(0.2)
         assert first.proc.poll() is None, f"the run ended before SIGTERM:\n{first.text[-4000:]}"
-        # --resume of a run whose driver is still training is refused, in one line
-        twin = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(TINY),
-                               "--resume", name, *overrides(fmnist_tiny, name, no_periodic)],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert twin.returncode == 2, twin.stdout + twin.stderr
-        last = twin.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"mocopipe: error: --resume {name}: run ") and "is RUNNING" in last
-        assert "Traceback" not in twin.stderr
         first.proc.send_signal(signal.SIGTERM)
         rc = first.wait(300)
     finally:
@@ -164,3 +156,28 @@ def test_resume_with_other_config_is_refused_before_touching_the_run(
     assert "optim.lr" in last and "Traceback" not in proc.stderr
     run = mlflow_client().get_run(reference_run.summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["optim.lr"] == "0.06"
+
+
+def test_resume_of_a_run_whose_driver_still_trains_is_refused(fmnist_tiny: Dataset) -> None:
+    """`--resume NAME` while NAME's driver is training (RUNNING, metrics arriving) exits 2
+    with one error line and leaves the running run alone."""
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    long_run = ("train.epochs=40", "checkpoint.every_steps=1000", "eval.every_epochs=0")
+    first = start_train(fmnist_tiny, name, *long_run)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.proc.poll() is None:
+            if any("[mocopipe] step " in line for _, line in first.lines):
+                break
+            time.sleep(0.2)
+        assert first.proc.poll() is None, f"the run ended too early:\n{first.text[-4000:]}"
+        twin = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(TINY),
+                               "--resume", name, *overrides(fmnist_tiny, name, *long_run)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert first.proc.poll() is None, "the first driver ended while the twin was checked"
+    finally:
+        first.kill()
+    assert twin.returncode == 2, twin.stdout + twin.stderr
+    last = twin.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mocopipe: error: --resume {name}: run ") and "is RUNNING" in last
+    assert "Traceback" not in twin.stderr

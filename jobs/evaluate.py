@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.data.eval_train:
         raise ConfigError("data.eval_train: evaluation needs labelled shards "
                           "(data.eval_train and data.eval_test)")
-    model = args.model or (f"models:/{cfg.mlflow.registered_model or cfg.train.name + '-encoder'}"
-                           f"@{cfg.nightly.alias}")
+    from pipeline.tracking import registered_model_name
+
+    model = args.model or f"models:/{registered_model_name(cfg)}@{cfg.nightly.alias}"
 
     from pipeline.cli import main as cli
 

@@ -136,12 +136,15 @@ class TrainConfig:
     # artifact ("runs:/RUN_ID/encoder") whose backbone weights initialise the query and key
     # encoders of a NEW run (a resumed run loads its checkpoint instead). "" = random init.
     init_from: str = ""
+    allow_changed_resume: bool = False  # resume a checkpoint written with other data/config
 
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 500
     keep: int = 3
+    max_upload_failures: int = 3  # consecutive failed uploads before the run fails
+    flush_timeout_s: float = 120.0  # metrics flush before a commit (else: not committed)
 
 
 @dataclass
@@ -444,6 +447,9 @@ def validate(cfg: Config) -> None:
           t.name, "must be non-empty letters, digits, '-' or '_'")
     _need(c.every_steps >= 1, "checkpoint.every_steps", c.every_steps, "must be >= 1")
     _need(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1")
+    _need(c.max_upload_failures >= 1, "checkpoint.max_upload_failures", c.max_upload_failures,
+          "must be >= 1")
+    _need(c.flush_timeout_s > 0, "checkpoint.flush_timeout_s", c.flush_timeout_s, "must be > 0")
 
     r, e, n = cfg.ray, cfg.eval, cfg.nightly
     _need(r.num_workers >= 1, "ray.num_workers", r.num_workers, "must be >= 1")

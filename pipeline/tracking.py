@@ -6,7 +6,7 @@ provenance tags, and hands the run id to the train workers. Rank 0 then logs met
 through `MetricLogger`, a background thread that batches them (`log_batch`, <= 1000 per
 request) every `flush_every_s`, and keeps them (in order) while the server is unreachable,
 delivering them when it is back. Checkpoints are run artifacts (`pipeline.train.checkpoint`);
-the final encoder is logged with `mlflow.pytorch.log_model` and registered (`log_encoder`).
+the final encoder is logged and registered by `pipeline.train.export.log_encoder`.
 
 Secrets never reach MLflow: they are not config fields, and `redact` replaces any value of
 a secret environment variable (S3 keys, MLflow tokens) found in a param or tag.
@@ -20,14 +20,13 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
-    from torch import nn
 
     from pipeline.config import Config, MlflowConfig
 
@@ -43,6 +42,19 @@ MAX_PARAM_CHARS = 6000
 
 class TrackingError(RuntimeError):
     """MLflow is not configured or a run cannot be found; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def registered_model_name(cfg: Config) -> str:
+    """The registered model of a config: `mlflow.registered_model`, else "<train.name>-encoder"."""
+    return cfg.mlflow.registered_model or f"{cfg.train.name}-encoder"
+
+
+def default_run_name(cfg: Config) -> str:
+    """The run name of a config: `ray.run_name`, else "<train.name>-<UTC timestamp>"."""
+    return cfg.ray.run_name or f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 # ----------------------------------------------------------------------------- runs
@@ -93,7 +105,7 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
         return exp.experiment_id
     try:
         return client.create_experiment(name)
-    except Exception:  # noqa: BLE001 - another driver created it concurrently
+    except Exception:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -109,8 +121,11 @@ def find_run(client: MlflowClient, experiment_id: str, run_name: str) -> Run | N
 
 
 def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
-             tags: Mapping[str, str] | None = None) -> RunRef:
+             tags: Mapping[str, str] | None = None,
+             before_continue: Callable[[RunRef], None] | None = None) -> RunRef:
     """Create the run of `run_name`, or continue it (same run name, or `resume` id/name).
+
+    before_continue(run): called before an existing run is touched (it raises to refuse).
 
     A new run gets the config params and `tags`; a continued run is set back to RUNNING and
     gets the params it does not have yet (MLflow params are immutable: a changed value is
@@ -126,6 +141,7 @@ def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
         if run is None:
             raise TrackingError(f"--resume {resume!r}: no MLflow run with that id, and no run "
                                 f"named {resume!r} in experiment {exp_name!r}")
+        refuse_if_live(run, resume)
         run_name = run.data.tags.get(RUN_NAME_TAG, run_name)
         exp_id = run.info.experiment_id
     else:
@@ -135,12 +151,31 @@ def open_run(cfg: Config, *, run_name: str, resume: str | None = None,
         run = client.create_run(exp_id, run_name=run_name, tags=redact_map(all_tags))
         resumed = False
     else:
+        if before_continue is not None:
+            before_continue(RunRef(run.info.run_id, exp_id, run_name, uri, True))
         client.update_run(run.info.run_id, status="RUNNING")
         resumed = True
     run_id = run.info.run_id
     log_params(client, run_id, cfg.flat(), existing=run.data.params if resumed else {})
     set_tags(client, run_id, all_tags)
     return RunRef(run_id, exp_id, run_name, uri, resumed)
+
+
+LIVE_WITHIN_S = 120.0  # a RUNNING run with a metric this recent still has its driver
+
+
+def refuse_if_live(run: Run, resume: str, now: float | None = None) -> None:
+    """Raise TrackingError when `run` is RUNNING and logged a metric (or started) in the last
+    `LIVE_WITHIN_S` seconds: its driver is still training (two drivers would interleave)."""
+    if run.info.status != "RUNNING":
+        return
+    stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", []) or []]
+    stamps.append(run.info.start_time or 0)
+    age = (now if now is not None else time.time()) - max(stamps) / 1000.0
+    if age < LIVE_WITHIN_S:
+        raise TrackingError(f"--resume {resume}: run {run.info.run_id} is RUNNING and was "
+                            f"active {age:.0f} s ago; stop its driver first (or wait "
+                            f"{LIVE_WITHIN_S:.0f} s if it died)")
 
 
 def _run_by_id(client: MlflowClient, run_id: str) -> Run | None:
@@ -356,57 +391,3 @@ class MetricLogger:
                 if not self._pending:
                     self._flush_wanted = False
                 self._cond.notify_all()
-
-
-def start_system_metrics(run_id: str, tracking_uri: str, node_id: str | None = None) -> Any:
-    """Start MLflow's system metrics monitor (CPU, memory, disk, network, GPU) for the run.
-
-    This is the monitor `mlflow.start_run(log_system_metrics=True)` starts, attached to an
-    existing run without making it the process's active run; it continues the step count of
-    an earlier attempt. Returns the monitor (call `.finish()`), or None if it cannot start.
-    """
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id,
-                                       tracking_uri=tracking_uri)
-        monitor.start()
-        return monitor
-    except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
-        log.warning("mlflow: system metrics disabled (%s)", exc)
-        return None
-
-
-# ----------------------------------------------------------------------------- model registry
-
-
-def log_encoder(run: RunRef, backbone: nn.Module, *, registered_model: str,
-                example_shape: tuple[int, ...], tags: Mapping[str, str] | None = None
-                ) -> tuple[str, str]:
-    """Log `backbone` (CPU, eval mode) with `mlflow.pytorch.log_model` and register it.
-
-    The signature is (-1, C, H, W) float32 -> (-1, D) float32, inferred from a forward pass
-    on zeros of `example_shape` (N, C, H, W). Serialization is "pickle" (loading needs the
-    `mocopipe` package); `encoder.safetensors` is the framework-neutral copy. Requirements
-    are given explicitly (no slow inference in a subprocess). `tags` are set on the model
-    version (e.g. `knn_top1`). Returns (registered model name, version).
-    """
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    with torch.no_grad():
-        x = torch.zeros(example_shape)
-        signature = infer_signature(x.numpy(), backbone(x).numpy())
-    mlflow.set_tracking_uri(run.tracking_uri)
-    mlflow.set_experiment(experiment_id=run.experiment_id)
-    info = mlflow.pytorch.log_model(
-        backbone, name="encoder", registered_model_name=registered_model, run_id=run.run_id,
-        serialization_format="pickle", signature=signature,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mocopipe"])
-    version = str(info.registered_model_version)
-    client = client_for(run.tracking_uri)
-    for key, value in redact_map(tags or {}).items():
-        client.set_model_version_tag(registered_model, version, key, value)
-    return registered_model, version

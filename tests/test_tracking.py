@@ -87,3 +87,45 @@ def test_tracking_uri_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_tracking_uri(MlflowConfig()) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri(MlflowConfig(tracking_uri="http://h:1")) == "http://h:1"
     assert run_url("http://h:1", "3", "abc") == "http://h:1/#/experiments/3/runs/abc"
+
+
+def _run(status: str, start_s: float, metric_s: list[float]) -> Any:
+    from mlflow.entities import Metric, Run, RunData, RunInfo
+
+    info = RunInfo(run_id="r" * 32, experiment_id="1", user_id="u", status=status,
+                   start_time=int(start_s * 1000), end_time=None, lifecycle_stage="active",
+                   artifact_uri="mlflow-artifacts:/x")
+    data = RunData(metrics=[Metric("loss", 1.0, int(t * 1000), i)
+                            for i, t in enumerate(metric_s)])
+    return Run(info, data)
+
+
+@pytest.mark.parametrize(("status", "start", "metrics", "refused"), [
+    ("RUNNING", 0.0, [990.0], True),       # a metric 10 s ago: its driver is alive
+    ("RUNNING", 990.0, [], True),          # just started, nothing logged yet
+    ("RUNNING", 0.0, [100.0, 500.0], False),  # silent for 500 s: the driver died
+    ("FINISHED", 0.0, [999.0], False),
+    ("KILLED", 0.0, [999.0], False),
+])
+def test_resume_of_a_live_run_is_refused(status: str, start: float, metrics: list[float],
+                                         refused: bool) -> None:
+    from pipeline.tracking import refuse_if_live
+
+    run = _run(status, start, metrics)
+    if refused:
+        with pytest.raises(TrackingError, match=r"--resume demo-1: run r+ is RUNNING"):
+            refuse_if_live(run, "demo-1", now=1000.0)
+    else:
+        refuse_if_live(run, "demo-1", now=1000.0)
+
+
+def test_default_names_come_from_one_place() -> None:
+    from pipeline.config import load_config
+    from pipeline.tracking import default_run_name, registered_model_name
+
+    cfg = load_config(None, ['train.name="demo"'])
+    assert registered_model_name(cfg) == "demo-encoder"
+    assert default_run_name(cfg).startswith("demo-20") and len(default_run_name(cfg)) == 20
+    named = load_config(None, ['train.name="demo"', 'mlflow.registered_model="enc"',
+                               'ray.run_name="night-1"'])
+    assert registered_model_name(named) == "enc" and default_run_name(named) == "night-1"

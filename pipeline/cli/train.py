@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from pipeline.cli.common import config_args
@@ -41,17 +40,13 @@ def _print_train_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.tracking import TrackingError
+    from pipeline.cli import EXIT_STOPPED
     from pipeline.train.ray_trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
-    try:
-        summary = run_training(cfg, resume=args.resume)
-    except TrackingError as exc:
-        print(f"mocopipe: error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_training(cfg, resume=args.resume)  # known errors: one line (cli.main)
     _print_train_summary(summary, args.json)
-    return 143 if summary.get("stopped") else 0
+    return EXIT_STOPPED if summary.get("stopped") else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

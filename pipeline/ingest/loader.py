@@ -33,8 +33,25 @@ from pipeline.ingest.reader import ShardReader
 from pipeline.shards.plan import EpochPlan, plan_epoch
 
 
+@dataclasses.dataclass(frozen=True)
+class LoaderPlan:
+    """Which part of the epoch plan this loader serves: the manifest's ``(key, samples)``
+    (``data.train_shards`` already applied), this rank, the world, the per-rank batch and
+    the plan's seed (``train.seed``)."""
+
+    shards: list[tuple[str, int]]
+    rank: int = 0
+    world_size: int = 1
+    per_rank_batch: int = 32
+    seed: int = 0
+
+
 class Loader:
-    """Batches for one rank. See the module docstring; constructor per docs/ARCHITECTURE.md.
+    """Batches for one rank of the dataset ``data.train``. See the module docstring.
+
+    Sections: ``data`` (dataset URI, image size, channels), ``ingest`` (readers, in-flight
+    bound), ``augment`` (per-sample crop/flip), ``storage`` (S3 client; default: the
+    environment's), plus a `LoaderPlan`.
 
     Yielded batches: ``view1``/``view2`` torch uint8 (B, C, H, W) sharing memory with the
     reader's numpy arrays (read-only when they come from the Ray object store: move or
@@ -42,19 +59,20 @@ class Loader:
     ``positions``, ``corrupt``, ``repeats``, ``bytes``, ``retries``) and ``step``.
     """
 
-    def __init__(self, *, storage: StorageConfig, data: DataConfig, augment: AugmentConfig,
-                 ingest: IngestConfig, dataset_uri: str, shards: list[tuple[str, int]],
-                 rank: int, world_size: int, per_rank_batch: int, seed: int,
+    def __init__(self, data: DataConfig, ingest: IngestConfig, augment: AugmentConfig,
+                 plan: LoaderPlan, *, storage: StorageConfig | None = None,
                  use_ray: bool = True) -> None:
+        rank, world_size, dataset_uri = plan.rank, plan.world_size, data.train
         if not 0 <= rank < world_size:
             raise ValueError(f"Loader: rank {rank} is not in [0, world_size={world_size})")
         if not dataset_uri:
-            raise ValueError("Loader: dataset_uri is empty (set data.train)")
+            raise ValueError("data.train: empty (the dataset the loader reads)")
+        storage = storage or StorageConfig()
         if not storage.endpoint_url and os.environ.get("AWS_ENDPOINT_URL"):
             storage = dataclasses.replace(storage, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-        self.shards = [(str(k), int(n)) for k, n in shards]
+        self.shards = [(str(k), int(n)) for k, n in plan.shards]
         self.rank, self.world_size = rank, world_size
-        self.per_rank_batch, self.seed = per_rank_batch, seed
+        self.per_rank_batch, self.seed = plan.per_rank_batch, plan.seed
         self.ingest = ingest
         self.use_ray = use_ray
         self.steps_per_epoch = self._plan(0).steps_per_epoch
@@ -62,7 +80,7 @@ class Loader:
         self._state: dict[str, Any] = {"epoch": 0, "step": 0}
         self._resume: dict[str, Any] | None = None
         kwargs = dict(storage=storage, data=data, augment=augment, ingest=ingest,
-                      dataset_uri=dataset_uri, batch_size=per_rank_batch)
+                      dataset_uri=dataset_uri, batch_size=plan.per_rank_batch)
         n = ingest.readers_per_worker
         if use_ray:
             self._readers: list[Any] = _start_actors(n, kwargs)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_config
+from pipeline.tracking import default_run_name
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "demo.toml"
 # Several shards per split: 60000 / 5000 = 12 train shards, 10000 / 2000 = 5 test shards.
@@ -59,7 +60,7 @@ def run_demo(state_dir: str, overrides: list[str] | None = None,
     env = {**os.environ, **stack.stack_env(state_dir), "PYTHONUNBUFFERED": "1"}
     os.environ.update(env)
     ensure_fmnist_shards(Storage(cfg.storage), say=say)
-    run_name = cfg.ray.run_name or f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = default_run_name(cfg)
     sets = [*(overrides or []), f'ray.run_name="{run_name}"']
     cmd = [sys.executable, "-m", "pipeline.cli", "train", str(config_path), "--json",
            *[arg for item in sets for arg in ("--set", item)]]

@@ -30,7 +30,9 @@ ScoreFn = Callable[[str], float]
 
 
 def model_name(cfg: Config) -> str:
-    return cfg.mlflow.registered_model or f"{cfg.train.name}-encoder"
+    from pipeline.tracking import registered_model_name
+
+    return registered_model_name(cfg)
 
 
 # ----------------------------------------------------------------------------- Ray Jobs side

@@ -1,11 +1,13 @@
-"""Training: the per-worker loop and its Ray Train wiring.
+"""Training: a Trainer, a one-screen loop, its services, and the Ray Train wiring.
 
-    loop.py         train(cfg, run, device=...): one rank's loop (plain PyTorch + DDP)
+    trainer.py      Trainer: step(view1, view2) -> StepStats, state_dict / load_state_dict
+    loop.py         train(trainer, loader, services, ...): load -> step/log/eval/save -> export
+    services.py     MetricSink, ArtifactRepo, Evaluator: MLflow and in-memory/local versions
+    worker.py       one Ray Train worker: production services + Loader + Trainer -> loop
     ray_trainer.py  run_training(cfg, resume=None): the driver (TorchTrainer, MLflow run)
-    checkpoint.py   CheckpointManager: atomic, pruned checkpoints as MLflow run artifacts
-    state.py        what a checkpoint holds; RNG states; gathering rank states to rank 0
-    schedule.py     warmup + cosine LR, cosine momentum (pure functions of the step)
-    monitor.py      rank 0 metrics (async MLflow) and the kNN monitor
-    export.py       encoder.safetensors, view-pair grid, registered model
-    demo.py         `mocopipe demo`
+    checkpoint.py   CheckpointManager: atomic, pruned, verified checkpoints in an ArtifactRepo
+    state.py        what a checkpoint holds; RNG states; run fingerprint; gathering to rank 0
+    lr_schedule.py  warmup + cosine LR, cosine momentum (pure functions of the step)
+    monitor.py      KnnMonitor (the Evaluator)
+    export.py       encoder.safetensors, plots, registered model
 """

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.tracking import RunRef, client_for, log_encoder
+from pipeline.tracking import RunRef, client_for, redact_map
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,37 @@ def summary_plots(run: RunRef, embeddings: tuple[Any, Any] | None,
                 client.log_artifact(run.run_id, png, artifact_path="plots")
         except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
             log.warning("summary plots not written: %s", exc)
+
+
+def log_encoder(run: RunRef, backbone: nn.Module, *, registered_model: str,
+                example_shape: tuple[int, ...], tags: Mapping[str, str] | None = None
+                ) -> tuple[str, str]:
+    """Log `backbone` (CPU, eval mode) with `mlflow.pytorch.log_model` and register it.
+
+    The signature is (-1, C, H, W) float32 -> (-1, D) float32, inferred from a forward pass
+    on zeros of `example_shape` (N, C, H, W). Serialization is "pickle" (loading needs the
+    `mocopipe` package); `encoder.safetensors` is the framework-neutral copy. Requirements
+    are given explicitly (no slow inference in a subprocess). `tags` are set on the model
+    version (e.g. `knn_top1`). Returns (registered model name, version).
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        x = torch.zeros(example_shape)
+        signature = infer_signature(x.numpy(), backbone(x).numpy())
+    mlflow.set_tracking_uri(run.tracking_uri)
+    mlflow.set_experiment(experiment_id=run.experiment_id)
+    info = mlflow.pytorch.log_model(
+        backbone, name="encoder", registered_model_name=registered_model, run_id=run.run_id,
+        serialization_format="pickle", signature=signature,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mocopipe"])
+    version = str(info.registered_model_version)
+    client = client_for(run.tracking_uri)
+    for key, value in redact_map(tags or {}).items():
+        client.set_model_version_tag(registered_model, version, key, value)
+    return registered_model, version
 
 
 def export_run(run: RunRef, backbone: nn.Module, *, registered_model: str,

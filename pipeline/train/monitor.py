@@ -1,88 +1,31 @@
-"""Rank 0's view of a run: MLflow metric logging (async) and the kNN monitor.
+"""The kNN monitor: the `Evaluator` the training loop calls on rank 0.
 
-`RankZeroTracking` turns the loop's per-window sums into the logged metrics (loss, acc1, lr,
-momentum, global samples/s, step time, data-wait fraction, queue fill, corrupt samples,
-epoch, non-finite steps), prints one progress line per log step, runs MLflow's system
-metrics monitor, and skips the steps a previous attempt of the run already logged.
-`KnnMonitor` caches the labelled bank/query images once and scores a backbone with
-the weighted kNN (k, tau from `[eval]`) on backbone features.
+`KnnMonitor` caches the labelled bank/query images once and scores a backbone with the
+weighted kNN (k, tau from `[eval]`) on backbone features (`pipeline.eval.features`, THE kNN
+recipe). It takes only its own sections: `eval`, `data` (eval URIs, image size, channels),
+`augment` (normalisation) and the storage client settings.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config import Config, MlflowConfig
-from pipeline.tracking import (MetricLogger, RunRef, client_for, logged_steps, set_tags,
-                               start_system_metrics)
-
-
-class RankZeroTracking:
-    """Metrics of one run from rank 0 (see the module docstring)."""
-
-    def __init__(self, run: RunRef, cfg: MlflowConfig, keys: Sequence[str]) -> None:
-        client = client_for(run.tracking_uri)
-        self.client, self.run_id = client, run.run_id
-        self.skip = logged_steps(client, run.run_id, list(keys))
-        self.logger = MetricLogger(client, run.run_id, flush_every_s=cfg.flush_every_s,
-                                   skip_through=self.skip)
-        self.monitor = (start_system_metrics(run.run_id, run.tracking_uri)
-                        if cfg.system_metrics else None)
-        self._closed = False
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.logger.log(metrics, step)
-
-    def log_window(self, win: Any, *, step: int, total: int, spe: int, global_batch: int,
-                   lr: float, momentum: float, queue_fill: torch.Tensor | float,
-                   corrupt: float, nonfinite: int) -> dict[str, float]:
-        """Log the metrics of the steps in `win` (a loop `_Window`) at `step`; return them."""
-        elapsed = max(time.perf_counter() - win.t0, 1e-9)
-        n = max(win.n, 1)
-        metrics = {
-            "loss": win.loss / n, "acc1": win.acc1 / n, "lr": lr, "momentum": momentum,
-            "samples_per_s": global_batch * win.n / elapsed, "step_time": elapsed / n,
-            "data_wait_frac": min(win.wait / elapsed, 1.0), "queue_fill": float(queue_fill),
-            "corrupt": corrupt, "epoch": step / spe, "nonfinite": float(nonfinite),
-        }
-        self.logger.log(metrics, step)
-        print(f"[mocopipe] step {step}/{total} epoch {step / spe:.2f} loss {metrics['loss']:.4f} "
-              f"acc1 {metrics['acc1']:.3f} lr {lr:.4g} {metrics['samples_per_s']:.0f} samples/s "
-              f"data_wait {metrics['data_wait_frac']:.2f}", flush=True)
-        return metrics
-
-    def set_progress(self, step: int, total: int) -> None:
-        """Record the final step reached as run tags (what the driver's summary reads)."""
-        set_tags(self.client, self.run_id, {"mocopipe.final_step": step,
-                                            "mocopipe.total_steps": total})
-
-    def flush_through(self, step: int) -> None:
-        """Block until every metric logged so far (hence all of steps <= `step`) arrived."""
-        del step  # everything queued before this call is delivered, which covers `step`
-        self.logger.flush()
-
-    def close(self, timeout: float = 300.0) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.logger.close(timeout=timeout)
-        if self.monitor is not None:
-            try:
-                self.monitor.finish()
-            except Exception:  # noqa: BLE001 - monitoring never fails a run
-                pass
+from pipeline.config import AugmentConfig, DataConfig, EvalConfig, StorageConfig
 
 
 class KnnMonitor:
     """Weighted kNN top-1 of a backbone on the labelled eval shards (images cached once)."""
 
-    def __init__(self, cfg: Config, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, eval_cfg: EvalConfig, data: DataConfig, augment: AugmentConfig,
+                 device: torch.device, *, storage: StorageConfig | None = None) -> None:
+        if not data.eval_train or not data.eval_test:
+            raise ValueError("data.eval_train / data.eval_test: both are needed for the kNN "
+                             "monitor")
+        self.eval, self.data, self.augment, self.device = eval_cfg, data, augment, device
+        self.storage = storage or StorageConfig()
         self._data: tuple[Any, Any, Any, Any] | None = None
         self._last_query: tuple[torch.Tensor, Any] | None = None
 
@@ -91,8 +34,8 @@ class KnnMonitor:
         from pipeline.storage import Storage
 
         if self._data is None:
-            d, e = self.cfg.data, self.cfg.eval
-            storage = Storage(self.cfg.storage)
+            d, e = self.data, self.eval
+            storage = Storage(self.storage)
             bank_x, bank_y = load_labelled(storage, d.eval_train, channels=d.channels,
                                            image_size=d.image_size, max_samples=e.max_bank)
             query_x, query_y = load_labelled(storage, d.eval_test, channels=d.channels,
@@ -105,11 +48,10 @@ class KnnMonitor:
         from pipeline.eval.features import extract_features, knn_top1
 
         bank_x, bank_y, query_x, query_y = self._load()
-        bank = extract_features(backbone, bank_x, self.cfg.augment, device=self.device)
-        query = extract_features(backbone, query_x, self.cfg.augment, device=self.device)
+        bank = extract_features(backbone, bank_x, self.augment, device=self.device)
+        query = extract_features(backbone, query_x, self.augment, device=self.device)
         self._last_query = (query, query_y)
-        return knn_top1(bank, bank_y, query, query_y, k=self.cfg.eval.knn_k,
-                        t=self.cfg.eval.knn_t)
+        return knn_top1(bank, bank_y, query, query_y, k=self.eval.knn_k, t=self.eval.knn_t)
 
     def last_embeddings(self) -> tuple[torch.Tensor, Any] | None:
         """Backbone features (N, D) of the query (eval_test) images and their labels (N,) from

@@ -1,16 +1,18 @@
-"""`mocopipe train`: the driver. Ray Train's TorchTrainer runs `loop.train` on N DDP workers.
+"""`mocopipe train`: the driver. Ray Train's TorchTrainer runs `worker.ray_entry` on N DDP
+workers.
 
     ray (embedded or attached) -> MLflow run (new, or continued by run name / --resume)
     -> TorchTrainer(ScalingConfig, RunConfig(name, storage_path, FailureConfig)).fit()
-    -> summary read back from the MLflow run
+    -> summary from the Ray Train `Result` (rank 0 reports it at the end)
 
 Fault tolerance: when a worker dies, Ray Train restarts the worker group (up to
 `ray.max_failures` times); the new workers find the run id in their config, load the latest
 complete checkpoint from the run's artifacts and continue the same MLflow run. When the
 driver itself died, running `mocopipe train` again with the same `ray.run_name` (or
-`--resume RUN`) finds the MLflow run by its `mocopipe.run_name` tag and continues it.
-SIGTERM on the driver sets a stop flag (a tiny named actor) that rank 0 polls every
-`train.log_every` steps; all ranks then save a checkpoint and return.
+`--resume RUN`) finds the MLflow run by its `mocopipe.run_name` tag and continues it
+(`--resume` of a run whose driver still runs is refused). SIGTERM on the driver sets a stop
+flag (a tiny named actor) that rank 0 polls every `train.log_every` steps; all ranks then
+save a checkpoint and return; the summary says `stopped`, and the CLI and the Ray job exit 143 (`cli.EXIT_STOPPED`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.config import Config, from_dict
-from pipeline.tracking import (RunRef, client_for, finish_run, open_run, provenance_tags,
-                               run_url)
+from pipeline.config import Config
+from pipeline.tracking import (
+    RunRef,
+    client_for,
+    default_run_name,
+    finish_run,
+    open_run,
+    provenance_tags,
+    run_url,
+)
+from pipeline.train.worker import WrapServices
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +43,6 @@ log = logging.getLogger(__name__)
 WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
               "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-FAULT_ENV = "MOCOPIPE_FAULT"  # test-only: "RANK:STEP:MARKER" (see loop._fault_hook)
 
 
 class StopFlag:
@@ -70,56 +79,35 @@ def init_ray(cfg: Config) -> bool:
     return True
 
 
-def default_run_name(cfg: Config) -> str:
-    return cfg.ray.run_name or f"{cfg.train.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-
-def _worker_entry(config: dict[str, Any]) -> None:
-    """train_loop_per_worker: rebuild the config, find the device, run the loop."""
-    import ray
-    import ray.train.torch
-
-    from pipeline.train.loop import train
-
-    cfg = from_dict(config["cfg"])
-    run = RunRef(**config["run"])
-    flag = None
-    try:
-        flag = ray.get_actor(config["stop_actor"])
-    except ValueError:
-        log.warning("stop flag actor %s not found; SIGTERM on the driver will not checkpoint",
-                    config["stop_actor"])
-
-    def should_stop() -> bool:
-        if flag is None:
-            return False
-        try:
-            return bool(ray.get(flag.is_set.remote(), timeout=10))
-        except Exception:  # noqa: BLE001 - driver gone: Ray ends the workers anyway
-            return False
-
-    train(cfg, run, device=ray.train.torch.get_device(), should_stop=should_stop,
-          fault=config.get("fault"))
-
-
-def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
-    """Train `cfg` on Ray; return the JSON-able summary (see `summarize`)."""
+def run_training(cfg: Config, resume: str | None = None, *,
+                 wrap_services: WrapServices | None = None) -> dict[str, Any]:
+    """Train `cfg` on Ray; return the JSON-able summary (run_id, run_name, steps,
+    total_steps, loss, knn_top1, registered_model, model_version, mlflow_url, stopped,
+    wall_s, first_step_s). wrap_services(services, rank) wraps each worker's services
+    (e.g. to inject faults in a test); it must be picklable."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
+    from pipeline.train.worker import ray_entry
 
+    t_start = time.monotonic()
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
-                   tags=provenance_tags(cfg.data.train, manifest.sha256))
+                   tags=provenance_tags(cfg.data.train, manifest.sha256),
+                   before_continue=lambda r: _check_resume_on_driver(cfg, r, manifest.sha256))
     print(f"[mocopipe] MLflow run {run.run_id} ({'continued' if run.resumed else 'new'}): "
           f"{run.url}", flush=True)
+    client = client_for(run.tracking_uri)
     # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
     # patch would send every line a second time through its logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    t0 = time.monotonic()
     connected = init_ray(cfg)
+    ray_init_s = time.monotonic() - t0
     flag_name = f"mocopipe-stop-{run.run_id}-{uuid.uuid4().hex[:8]}"  # unique per driver
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopping: list[bool] = []
@@ -136,18 +124,17 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     if cfg.ray.use_gpu:
         resources.setdefault("GPU", 1.0)
     trainer = TorchTrainer(
-        _worker_entry,
+        ray_entry,
         train_loop_config={"cfg": cfg.to_dict(), "run": dataclasses.asdict(run),
-                           "stop_actor": flag_name,
-                           "fault": os.environ.get(FAULT_ENV)},
+                           "stop_actor": flag_name, "ray_init_s": ray_init_s,
+                           "fit_at": time.time(), "wrap_services": wrap_services},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run.run_name, storage_path=cfg.ray.storage_path or None,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )
-    client = client_for(run.tracking_uri)
     try:
-        trainer.fit()
+        result = trainer.fit()
     except BaseException:
         finish_run(client, run.run_id, "KILLED" if stopping else "FAILED")
         raise
@@ -156,22 +143,40 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
         ray.kill(flag, no_restart=True)
         if connected:  # flush worker logs now, so the summary is the last thing printed
             ray.shutdown()
-    summary = summarize(run)
-    summary["stopped"] = bool(stopping) and summary["steps"] < summary["total_steps"]
+    summary = summarize(run, dict(result.metrics or {}))
+    summary["wall_s"] = round(time.monotonic() - t_start, 1)
     finish_run(client, run.run_id, "KILLED" if summary["stopped"] else "FINISHED")
     return summary
 
 
-def summarize(run: RunRef) -> dict[str, Any]:
-    """The run's outcome, read back from MLflow: the `--json` line."""
-    data = client_for(run.tracking_uri).get_run(run.run_id).data
-    tags, metrics = data.tags, data.metrics
-    return {
-        "run_id": run.run_id, "run_name": run.run_name,
-        "steps": int(tags.get("mocopipe.final_step", -1)),
-        "total_steps": int(tags.get("mocopipe.total_steps", -1)),
-        "loss": metrics.get("loss"), "knn_top1": metrics.get("knn_top1"),
-        "registered_model": tags.get("mocopipe.registered_model"),
-        "model_version": tags.get("mocopipe.registered_version"),
-        "mlflow_url": run_url(run.tracking_uri, run.experiment_id, run.run_id),
-    }
+def _check_resume_on_driver(cfg: Config, run: RunRef, manifest_sha: str) -> None:
+    """Refuse (one line, before the run or Ray is touched) to continue a run whose newest
+    checkpoint was written for other data or another config, unless
+    `train.allow_changed_resume`."""
+    from pipeline.train.checkpoint import CheckpointError, CheckpointManager
+    from pipeline.train.services import MlflowArtifacts
+    from pipeline.train.state import check_resume, run_fingerprint
+
+    mgr = CheckpointManager(MlflowArtifacts(run.run_id, run.tracking_uri), every_steps=1,
+                            keep=1)
+    step = mgr.latest_step()
+    if step is None:
+        return
+    try:
+        saved = mgr.meta(step)
+    except CheckpointError:
+        return  # unreadable marker: the workers fall back past it
+    check_resume(saved, run_fingerprint(cfg.flat(), manifest_sha), step=step,
+                 allow=cfg.train.allow_changed_resume)
+
+
+def summarize(run: RunRef, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `--json` line: the run's identity plus rank 0's final report (`Result.metrics`)."""
+    if "steps" not in metrics:
+        raise RuntimeError(f"run {run.run_id}: the workers returned no summary "
+                           f"(Result.metrics keys: {sorted(metrics)})")
+    keys = ("steps", "total_steps", "loss", "knn_top1", "registered_model", "model_version",
+            "first_step_s", "resume_changed")
+    return {"run_id": run.run_id, "run_name": run.run_name,
+            **{k: metrics.get(k) for k in keys}, "stopped": bool(metrics.get("worker_stopped")),
+            "mlflow_url": run_url(run.tracking_uri, run.experiment_id, run.run_id)}

@@ -1,10 +1,10 @@
 """What a checkpoint holds, and how each rank's part reaches rank 0.
 
-`state.pt`  (identical on every rank, written by rank 0):
+`state.pt`  (identical on every rank, written by rank 0): `Trainer.state_dict()`
     {"model": MoCo state_dict (query + key encoders, heads, queue, ptr, step counter),
      "optimizer": SGD state_dict, "scaler": GradScaler state_dict or None,
-     "schedule": LR schedule parameters, "step": int, "epoch": int, "world_size": int,
-     "nonfinite": int}
+     "schedule": LR schedule parameters (restored on resume), "step": int, "nonfinite": int}
+    + "world_size": int, "meta": `run_fingerprint` (manifest sha, training-config hash)
 `ranks.pt`  (one entry per rank, gathered to rank 0):
     [{"loader": Loader.state_dict(), "rng": rng_state(augment generator)}, ...]
 
@@ -14,6 +14,8 @@ RNG states are stored as tensors, ints and lists only, so checkpoints load with
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline import dist
+from pipeline.config import ConfigError
 from pipeline.train.checkpoint import pack, unpack
 
 
@@ -71,13 +74,57 @@ def gather_to_all(obj: Any, device: torch.device | str = "cpu") -> list[Any]:
     return [unpack(parts[i, : int(n)].numpy().tobytes()) for i, n in enumerate(lengths.tolist())]
 
 
-def checkpoint_files(*, model_state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler | None, schedule: dict[str, Any], step: int,
-                     epoch: int, nonfinite: int, rank_states: list[dict[str, Any]]
-                     ) -> dict[str, bytes]:
-    """The files of one checkpoint: {"state.pt": ..., "ranks.pt": ...}."""
-    state = {"model": model_state, "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None else None,
-             "schedule": schedule, "step": step, "epoch": epoch,
-             "world_size": len(rank_states), "nonfinite": nonfinite}
-    return {"state.pt": pack(state), "ranks.pt": pack(rank_states)}
+def checkpoint_files(state: dict[str, Any], rank_states: list[dict[str, Any]],
+                     meta: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """The files of one checkpoint: {"state.pt": Trainer.state_dict() + world_size + meta,
+    "ranks.pt": every rank's loader cursor and RNG states}."""
+    full = {**state, "world_size": len(rank_states), "meta": dict(meta or {})}
+    return {"state.pt": pack(full), "ranks.pt": pack(rank_states)}
+
+
+# Config keys whose change makes a resumed run a different run (data, model, recipe, world).
+TRAINING_KEYS = ("data.train", "data.train_shards", "data.image_size", "data.channels",
+                 "augment.", "model.", "moco.", "optim.", "train.epochs", "train.max_steps",
+                 "train.per_worker_batch", "train.seed", "ingest.readers_per_worker",
+                 "ingest.shuffle_window", "ray.num_workers")
+
+
+def run_fingerprint(flat_config: dict[str, Any], manifest_sha: str) -> dict[str, Any]:
+    """What a checkpoint records about its run: {"manifest_sha", "config_sha", "config"}
+    where `config` holds the training-relevant keys of `Config.flat()` (`TRAINING_KEYS`)."""
+    relevant = {k: v for k, v in sorted(flat_config.items())
+                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in TRAINING_KEYS)}
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return {"manifest_sha": manifest_sha, "config": relevant,
+            "config_sha": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints: "data.manifest" and/or config keys (a saved
+    fingerprint of an older checkpoint without one differs in nothing)."""
+    if not saved:
+        return []
+    out = []
+    if saved.get("manifest_sha") != now.get("manifest_sha"):
+        out.append("data.manifest")
+    if saved.get("config_sha") != now.get("config_sha"):
+        old, new = saved.get("config") or {}, now.get("config") or {}
+        out += sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return out
+
+
+class ResumeMismatchError(ConfigError):
+    """The checkpoint to resume was written for other data or another config."""
+
+
+def check_resume(saved: dict[str, Any], now: dict[str, Any], *, step: int,
+                 allow: bool) -> list[str]:
+    """The changed keys between the checkpoint's fingerprint and this run's; raises
+    ResumeMismatchError (one line) when something changed and `allow` is False."""
+    changed = changed_keys(saved, now)
+    if changed and not allow:
+        raise ResumeMismatchError(
+            f"train.allow_changed_resume: checkpoint step {step} was written with other "
+            f"{', '.join(changed[:8])}; resume with the original config/data, or set "
+            f"train.allow_changed_resume = true")
+    return changed

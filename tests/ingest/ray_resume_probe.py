@@ -18,16 +18,16 @@ from typing import Any
 import ray
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 
 
 def _loader(args: dict[str, Any], use_ray: bool) -> Loader:
-    return Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                  augment=AugmentConfig(), dataset_uri=args["uri"],
-                  shards=[tuple(s) for s in args["shards"]], rank=0,
-                  ingest=IngestConfig(readers_per_worker=2, reader_num_cpus=0.25,
-                                      shuffle_window=32, batches_in_flight=3),
-                  world_size=1, per_rank_batch=8, seed=3, use_ray=use_ray)
+    return Loader(DataConfig(image_size=16, train=args["uri"]),
+                  IngestConfig(readers_per_worker=2, reader_num_cpus=0.25,
+                               shuffle_window=32, batches_in_flight=3),
+                  AugmentConfig(), LoaderPlan([tuple(s) for s in args["shards"]],
+                                              per_rank_batch=8, seed=3),
+                  storage=StorageConfig(), use_ray=use_ray)
 
 
 def _digest(batches: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,16 +16,16 @@ import threading
 import psutil
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    loader = Loader(storage=StorageConfig(endpoint_url=args["endpoint"]),
-                    data=DataConfig(image_size=16), augment=AugmentConfig(),
-                    ingest=IngestConfig(readers_per_worker=2, shuffle_window=32, read_ahead_mb=4),
-                    dataset_uri=args["uri"], shards=[tuple(s) for s in args["shards"]],
-                    rank=0, world_size=1, per_rank_batch=8, seed=0, use_ray=False)
+    loader = Loader(DataConfig(image_size=16, train=args["uri"]),
+                    IngestConfig(readers_per_worker=2, shuffle_window=32, read_ahead_mb=4),
+                    AugmentConfig(), LoaderPlan([tuple(s) for s in args["shards"]],
+                                                per_rank_batch=8, seed=0),
+                    storage=StorageConfig(endpoint_url=args["endpoint"]), use_ray=False)
     me, done, streaming_peak = psutil.Process(), threading.Event(), [0]
 
     def sample() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.storage import Storage
 from tests.ingest.shardkit import shard_bytes
 from tests.ingest.weed import PrivateWeed
@@ -55,14 +55,12 @@ def test_s3_outage_mid_stream_loses_and_duplicates_nothing(weed: PrivateWeed,
     shards = _upload(weed_storage, uri, [30, 30, 30], pad=300_000)  # 9 MB shards
 
     def loader() -> Loader:
-        return Loader(storage=StorageConfig(endpoint_url=weed.endpoint, max_retries=8,
+        return Loader(DataConfig(image_size=16, train=uri),
+                      IngestConfig(readers_per_worker=1, shuffle_window=8, read_ahead_mb=1),
+                      AugmentConfig(), LoaderPlan(shards, per_rank_batch=8, seed=5),
+                      storage=StorageConfig(endpoint_url=weed.endpoint, max_retries=8,
                                             retry_backoff_s=0.2, connect_timeout_s=2,
-                                            read_timeout_s=10),
-                      data=DataConfig(image_size=16), augment=AugmentConfig(),
-                      ingest=IngestConfig(readers_per_worker=1, shuffle_window=8,
-                                          read_ahead_mb=1),
-                      dataset_uri=uri, shards=shards, rank=0, world_size=1,
-                      per_rank_batch=8, seed=5, use_ray=False)
+                                            read_timeout_s=10), use_ray=False)
 
     reference = list(loader().epoch(0))
     faulty = loader()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.storage import Storage
 
 pytestmark = pytest.mark.integration
@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _loader(uri: str, shards: list[tuple[str, int]], *, use_ray: bool, rank: int = 0,
             world: int = 1, max_corrupt: float = 0.01) -> Loader:
-    return Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                  augment=AugmentConfig(), dataset_uri=uri, shards=shards, rank=rank,
-                  ingest=IngestConfig(readers_per_worker=2, reader_num_cpus=0.25,
-                                      shuffle_window=32, batches_in_flight=3,
-                                      max_corrupt_fraction=max_corrupt),
-                  world_size=world, per_rank_batch=8, seed=3, use_ray=use_ray)
+    return Loader(DataConfig(image_size=16, train=uri),
+                  IngestConfig(readers_per_worker=2, reader_num_cpus=0.25,
+                               shuffle_window=32, batches_in_flight=3,
+                               max_corrupt_fraction=max_corrupt),
+                  AugmentConfig(), LoaderPlan(shards, rank, world, 8, seed=3),
+                  storage=StorageConfig(), use_ray=use_ray)
 
 
 def test_resume_on_ray_actors_equals_an_uninterrupted_run(s3_dataset: Any, stack: Any) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.ingest.order import window_shuffle
 from pipeline.ingest.reader import CorruptDataError
 from tests.ingest.shardkit import shard_bytes, write_local
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.unit
 def _loader(folder: str, shards: list[tuple[str, int]], *, rank: int = 0, world: int = 1,
             batch: int = 8, readers: int = 2, window: int = 64, max_corrupt: float = 0.01,
             in_flight: int = 3) -> Loader:
-    return Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                  augment=AugmentConfig(), dataset_uri=folder, shards=shards, rank=rank,
-                  ingest=IngestConfig(readers_per_worker=readers, shuffle_window=window,
-                                      batches_in_flight=in_flight, read_ahead_mb=1,
-                                      max_corrupt_fraction=max_corrupt),
-                  world_size=world, per_rank_batch=batch, seed=7, use_ray=False)
+    return Loader(DataConfig(image_size=16, train=folder),
+                  IngestConfig(readers_per_worker=readers, shuffle_window=window,
+                               batches_in_flight=in_flight, read_ahead_mb=1,
+                               max_corrupt_fraction=max_corrupt),
+                  AugmentConfig(), LoaderPlan(shards, rank, world, batch, seed=7),
+                  storage=StorageConfig(), use_ray=False)
 
 
 def _run(loader: Loader, epoch: int = 0) -> list[dict[str, Any]]:

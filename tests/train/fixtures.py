@@ -80,11 +80,11 @@ def overrides(data: Dataset, run_name: str, *extra: str) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def start_train(data: Dataset, run_name: str, *extra: str,
-                env: dict[str, str] | None = None) -> TrainProc:
-    """Start `mocopipe train tiny.toml --json` in its own session (so it can be killed)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", str(TINY), "--json",
-           *overrides(data, run_name, *extra)]
+def start_train(data: Dataset, run_name: str, *extra: str, env: dict[str, str] | None = None,
+                driver: tuple[str, ...] = ("-m", "pipeline.cli", "train")) -> TrainProc:
+    """Start `mocopipe train tiny.toml --json` (or another `driver` taking the same
+    arguments) in its own session (so it can be killed)."""
+    cmd = [sys.executable, *driver, str(TINY), "--json", *overrides(data, run_name, *extra)]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {}),
                                                 "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -102,8 +102,9 @@ def start_train(data: Dataset, run_name: str, *extra: str,
 
 
 def run_train(data: Dataset, run_name: str, *extra: str, env: dict[str, str] | None = None,
-              timeout: float = 400) -> TrainProc:
-    tp = start_train(data, run_name, *extra, env=env)
+              timeout: float = 900, driver: tuple[str, ...] = ("-m", "pipeline.cli", "train")
+              ) -> TrainProc:
+    tp = start_train(data, run_name, *extra, env=env, driver=driver)
     try:
         rc = tp.wait(timeout)
     finally:

@@ -1,5 +1,6 @@
-"""CheckpointManager over MLflow's LocalArtifactRepository (the same API as the proxied
-artifact repository of a tracking server): commit marker, pruning, integrity, async upload."""
+"""CheckpointManager over a local artifact directory (`LocalArtifacts`, the same interface
+as the MLflow run's artifacts): commit marker, pruning, integrity, async upload, fallback
+past a corrupt checkpoint, consecutive upload failures."""
 
 from __future__ import annotations
 
@@ -10,17 +11,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-from pipeline.train.checkpoint import (MARKER, CheckpointError, CheckpointManager, pack,
-                                       step_dir, unpack)
-from pipeline.train.state import checkpoint_files, gather_to_all, rng_state, set_rng_state
+from pipeline.train.checkpoint import (
+    MARKER,
+    CheckpointError,
+    CheckpointManager,
+    pack,
+    step_dir,
+    unpack,
+)
+from pipeline.train.services import LocalArtifacts
+from pipeline.train.state import (
+    checkpoint_files,
+    gather_to_all,
+    rng_state,
+    set_rng_state,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def _repo(tmp_path: Path) -> LocalArtifactRepository:
-    return LocalArtifactRepository(str(tmp_path / "artifacts"))
+def _repo(tmp_path: Path) -> LocalArtifacts:
+    return LocalArtifacts(str(tmp_path / "artifacts"))
 
 
 def _files(step: int) -> dict[str, bytes]:
@@ -50,7 +62,7 @@ def test_checkpoint_without_marker_is_never_loaded(tmp_path: Path) -> None:
     # A crash after uploading the files of step 8 but before its marker:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "state.pt").write_bytes(_files(8)["state.pt"])
-    repo.log_artifact(str(tmp_path / "x" / "state.pt"), step_dir(8))
+    repo.put(str(tmp_path / "x" / "state.pt"), step_dir(8))
     assert mgr.latest_step() == 4
     assert unpack(mgr.load()["state.pt"])["step"] == 4
     with pytest.raises(CheckpointError, match="step-0000008"):
@@ -70,11 +82,11 @@ def test_corrupt_file_is_detected(tmp_path: Path) -> None:
 
 
 def test_failed_upload_is_reported_and_does_not_commit(tmp_path: Path) -> None:
-    class Broken(LocalArtifactRepository):
-        def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
+    class Broken(LocalArtifacts):
+        def put(self, local_file: str, artifact_dir: str) -> None:
             if os.path.basename(local_file) == "ranks.pt":
                 raise OSError("server unreachable")
-            super().log_artifact(local_file, artifact_path)
+            super().put(local_file, artifact_dir)
 
     mgr = CheckpointManager(Broken(str(tmp_path / "artifacts")), every_steps=1, keep=1)
     mgr.save(2, _files(2))
@@ -115,9 +127,60 @@ def test_checkpoint_files_layout_single_process() -> None:
     opt.step()
     ranks = gather_to_all({"loader": {"epoch": 0, "step": 3}})
     assert ranks == [{"loader": {"epoch": 0, "step": 3}}]
-    files = checkpoint_files(model_state=model.state_dict(), optimizer=opt, scaler=None,
-                             schedule={"base_lr": 0.1}, step=3, epoch=0, nonfinite=0,
-                             rank_states=ranks)
+    files = checkpoint_files({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scaler": None, "schedule": {"base_lr": 0.1}, "step": 3,
+                              "nonfinite": 0}, ranks, {"manifest_sha": "abc"})
     state = unpack(files["state.pt"])
     assert state["world_size"] == 1 and state["step"] == 3
+    assert state["meta"] == {"manifest_sha": "abc"}
     assert state["optimizer"]["state"][0]["momentum_buffer"].shape == (2, 2)
+
+
+def test_corrupt_newest_falls_back_to_the_previous_complete_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mgr = CheckpointManager(_repo(tmp_path), every_steps=1, keep=3)
+    for step in (2, 4):
+        mgr.save(step, _files(step), last=True, meta={"manifest_sha": f"m{step}"})
+    path = tmp_path / "artifacts" / step_dir(4) / "state.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="sha256"):
+        mgr.load(4)
+    step, files = mgr.load_newest()  # type: ignore[misc]
+    assert step == 2 and unpack(files["state.pt"])["step"] == 2
+    out = capsys.readouterr().out
+    assert "step-0000004 is corrupt" in out and "falling back" in out
+    assert mgr.meta(2) == {"manifest_sha": "m2"}
+
+
+def test_consecutive_upload_failures_fail_the_run_loudly(tmp_path: Path) -> None:
+    class Down(LocalArtifacts):
+        def put(self, local_file: str, artifact_dir: str) -> None:
+            raise OSError("artifact store down")
+
+    mgr = CheckpointManager(Down(str(tmp_path / "a")), every_steps=1, keep=1, max_failures=3)
+    mgr.save(1, _files(1))
+    mgr.save(2, _files(2))  # failure 1 reported (logged), training goes on
+    mgr.save(3, _files(3))  # failure 2
+    with pytest.raises(CheckpointError, match="checkpoint.max_upload_failures: 3 consecutive"):
+        mgr.save(4, _files(4))  # failure 3 seen here: the run stops
+
+
+def test_a_success_resets_the_failure_count(tmp_path: Path) -> None:
+    fail = [True]
+
+    class Flaky(LocalArtifacts):
+        def put(self, local_file: str, artifact_dir: str) -> None:
+            if fail[0]:
+                raise OSError("blip")
+            super().put(local_file, artifact_dir)
+
+    mgr = CheckpointManager(Flaky(str(tmp_path / "a")), every_steps=1, keep=1, max_failures=2)
+    mgr.save(1, _files(1))
+    fail[0] = False
+    mgr.save(2, _files(2))  # failure 1 reported; this one succeeds
+    mgr.wait()
+    assert mgr.failures == 0 and mgr.latest_step() == 2
+    fail[0] = True
+    mgr.save(3, _files(3))
+    mgr.save(4, _files(4))  # one failure only: no raise
+    assert mgr.failures == 1

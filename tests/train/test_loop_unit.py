@@ -1,17 +1,13 @@
-"""Pure pieces of the train loop: parameter groups, AMP choice, the test fault hook."""
+"""Pure pieces of the trainer: parameter groups, AMP choice."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.config import OptimConfig
-from pipeline.train.loop import amp_setup
 from pipeline.train.optim import param_groups
+from pipeline.train.trainer import amp_setup
 
 pytestmark = pytest.mark.unit
 
@@ -39,16 +35,3 @@ def test_param_groups_default_decays_everything_trainable() -> None:
 def test_amp_is_off_on_cpu() -> None:
     assert amp_setup(torch.device("cpu"), True) == (None, False)
     assert amp_setup(torch.device("cpu"), False) == (None, False)
-
-
-def test_fault_hook_fires_once(tmp_path: Path) -> None:
-    marker = tmp_path / "fired"
-    code = ("from pipeline.train.loop import _fault_hook\n"
-            f"_fault_hook('1:5:{marker}', rank=0, step=5)\n"  # other rank: nothing
-            f"_fault_hook('1:5:{marker}', rank=1, step=4)\n"  # other step: nothing
-            f"_fault_hook('1:5:{marker}', rank=1, step=5)\n"
-            "print('survived')\n")
-    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert first.returncode == 1 and "survived" not in first.stdout and marker.exists()
-    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert second.returncode == 0 and "survived" in second.stdout

@@ -22,7 +22,8 @@ def test_knn_monitor_scores_and_keeps_the_query_features_of_its_last_call(
     cfg = load_config(TINY, [f'data.eval_train="{fmnist_tiny.train}"',
                              f'data.eval_test="{fmnist_tiny.test}"',
                              f'storage.endpoint_url="{stack.s3_endpoint}"'])
-    monitor = KnnMonitor(cfg, torch.device("cpu"))
+    monitor = KnnMonitor(cfg.eval, cfg.data, cfg.augment, torch.device("cpu"),
+                         storage=cfg.storage)
     assert monitor.last_embeddings() is None  # nothing scored yet
     torch.manual_seed(0)
     first, second = small_cnn(width=4, pool_grid=2), small_cnn(width=4)

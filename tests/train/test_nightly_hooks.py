@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, MocoConfig
+from pipeline.config import MocoConfig, ModelConfig
 from pipeline.model import MoCo, build_encoder
-from pipeline.train.loop import select_shards
 from pipeline.train.warm_start import warm_start
+from pipeline.train.worker import select_shards
 
 pytestmark = pytest.mark.unit
 

@@ -6,6 +6,8 @@ reference run."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.fixtures import (Dataset, Reference, encoder_weights, metric_steps,
-                                  mlflow_client, run_train, start_train)
+from tests.train.fixtures import (REPO, TINY, Dataset, Reference, encoder_weights,
+                                  metric_steps, mlflow_client, overrides, run_train, start_train)
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +44,12 @@ def test_killed_worker_resumes_the_same_run_exactly(fmnist_tiny: Dataset,
                                                      tmp_path: Path) -> None:
     name = f"wfail-{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "fault-fired"
-    # Rank 1 exits hard before step 10 (after the step-8 checkpoint was started; its async
-    # upload may or may not have committed); Ray Train restarts the worker group, which
-    # resumes from the latest complete checkpoint (4 or 8) in the same MLflow run.
-    tp = run_train(fmnist_tiny, name, env={"MOCOPIPE_FAULT": f"1:10:{marker}"})
+    # Rank 1 exits hard when it reports step 10 (a fault injected by wrapping its services;
+    # the step-8 checkpoint's async upload may or may not have committed); Ray Train restarts
+    # the worker group, which resumes from the latest complete checkpoint (4 or 8) in the
+    # same MLflow run.
+    tp = run_train(fmnist_tiny, name,
+                   driver=("-m", "tests.train.fault_driver", "--kill", f"1:10:{marker}"))
     assert marker.exists(), "the fault hook never fired"
     assert ("resumed from checkpoint step 8" in tp.text
             or "resumed from checkpoint step 4" in tp.text), tp.text[-4000:]
@@ -136,3 +140,44 @@ def test_sigterm_on_the_driver_checkpoints_then_the_run_continues(fmnist_tiny: D
                if "resumed from checkpoint step" in line]
     assert resumed == [step]
     assert metric_steps(client, run_id, "loss") == LOGGED
+
+
+def test_resume_with_other_config_is_refused_before_touching_the_run(
+        fmnist_tiny: Dataset, reference_run: Reference) -> None:
+    """The reference run's checkpoints record its manifest sha and config hash: `--resume`
+    with another optim.lr is refused in one line, and the run is left as it was."""
+    name = reference_run.run_name
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(TINY), "--resume",
+                           name, *overrides(fmnist_tiny, name, "optim.lr=0.1")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("mocopipe: error: train.allow_changed_resume: checkpoint step 24")
+    assert "optim.lr" in last and "Traceback" not in proc.stderr
+    run = mlflow_client().get_run(reference_run.summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["optim.lr"] == "0.06"
+
+
+def test_resume_of_a_run_whose_driver_still_trains_is_refused(fmnist_tiny: Dataset) -> None:
+    """`--resume NAME` while NAME's driver is training (RUNNING, metrics arriving) exits 2
+    with one error line and leaves the running run alone."""
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    long_run = ("train.epochs=40", "checkpoint.every_steps=1000", "eval.every_epochs=0")
+    first = start_train(fmnist_tiny, name, *long_run)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.proc.poll() is None:
+            if any("[mocopipe] step " in line for _, line in first.lines):
+                break
+            time.sleep(0.2)
+        assert first.proc.poll() is None, f"the run ended too early:\n{first.text[-4000:]}"
+        twin = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(TINY),
+                               "--resume", name, *overrides(fmnist_tiny, name, *long_run)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert first.proc.poll() is None, "the first driver ended while the twin was checked"
+    finally:
+        first.kill()
+    assert twin.returncode == 2, twin.stdout + twin.stderr
+    last = twin.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mocopipe: error: --resume {name}: run ") and "is RUNNING" in last
+    assert "Traceback" not in twin.stderr

@@ -9,12 +9,17 @@ from __future__ import annotations
 import io
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from pipeline.ingest import tario
 from pipeline.ingest.source import _read_one
 from pipeline.ingest.tario import TarFormatError, _pax, iter_members
+from pipeline.shards.check import check_dataset
+from pipeline.shards.synthetic import write_jpeg_folder
+from pipeline.shards.writer import write_shards
+from pipeline.storage import Storage
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -148,3 +153,17 @@ def test_fuzzed_archives_only_raise_format_errors() -> None:
 
 def test_limits_are_what_the_parser_enforces() -> None:
     assert tario.MAX_EXTENDED_HEADER == 1 << 20 and tario.MAX_MEMBER_BYTES == 1 << 28
+
+
+@pytest.mark.parametrize("data,message", ARCHIVE_CASES[:6])
+def test_shards_check_reports_hostile_shard(tmp_path: Path, data: bytes, message: str) -> None:
+    """`shards check` parses with tario too: a hostile shard is a "tar" problem, not a hang."""
+    write_jpeg_folder(str(tmp_path / "src"), 6, width=32, height=32, classes=2)
+    dest = tmp_path / "ds"
+    write_shards(str(tmp_path / "src"), str(dest), storage=Storage(), samples_per_shard=3,
+                 workers=1, labels="folders", progress=False)
+    (dest / "shard-000000.tar").write_bytes(data)
+    report = check_dataset(Storage(), str(dest))
+    tar = [p for p in report.problems if p.kind == "tar"]
+    assert [p.shard for p in tar] == ["shard-000000.tar"] and message in tar[0].detail
+    assert not [p for p in report.problems if p.shard == "shard-000001.tar"]

@@ -147,23 +147,20 @@ def promote_if_better(client: Any, name: str, version: str, alias: str,
 
 
 def knn_scorer(cfg: Config) -> ScoreFn:
-    """score(model_uri) = kNN top-1 of that registered backbone on the labelled eval set."""
-    import mlflow.pytorch
-
-    from pipeline.eval.features import extract_features, knn_top1, load_labelled
+    """score(model_uri) = kNN top-1 (THE recipe, `pipeline.eval.knn`) of that registered
+    backbone on the labelled eval set. Weights come from the version's run
+    `encoder.safetensors` (architecture from that run's params): the registry is never
+    unpickled, and a version without the file is refused (`UnsafeModelError`)."""
+    from pipeline.eval.knn import KnnScorer
+    from pipeline.eval.registry import load_encoder
     from pipeline.storage import Storage
+    from pipeline.tracking import resolve_tracking_uri
 
-    storage, d, e = Storage(cfg.storage), cfg.data, cfg.eval
-    bank_x, bank_y = load_labelled(storage, d.eval_train, channels=d.channels,
-                                   image_size=d.image_size, max_samples=e.max_bank)
-    query_x, query_y = load_labelled(storage, d.eval_test, channels=d.channels,
-                                     image_size=d.image_size, max_samples=e.max_queries)
+    scorer = KnnScorer.from_sections(Storage(cfg.storage), cfg.data, cfg.eval, cfg.augment)
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
 
     def score(uri: str) -> float:
-        backbone = mlflow.pytorch.load_model(uri, map_location="cpu")
-        bank = extract_features(backbone, bank_x, cfg.augment)
-        queries = extract_features(backbone, query_x, cfg.augment)
-        return knn_top1(bank, bank_y, queries, query_y, k=e.knn_k, t=e.knn_t)
+        return scorer(load_encoder(uri, tracking_uri=tracking_uri).backbone)
 
     return score
 

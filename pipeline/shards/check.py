@@ -16,8 +16,13 @@ from typing import Any
 from webdataset.tariterators import base_plus_ext
 
 from pipeline.ingest.tario import TarFormatError, iter_members
-from pipeline.shards.manifest import MANIFEST_NAME, SHARD_KEY, Manifest, ShardInfo, \
-    read_manifest
+from pipeline.shards.manifest import (
+    MANIFEST_NAME,
+    SHARD_KEY,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+)
 from pipeline.shards.sources import IMAGE_EXTS, BadInput, validate_image
 from pipeline.storage import Storage, StorageError, join
 
@@ -192,7 +197,7 @@ def check_dataset(storage: Storage, dataset_uri: str, *, deep: bool = False,
     listed = {s.key for s in manifest.shards}
     prefix = join(dataset_uri, "x")[:-1]  # "s3://b/ds/" or "/path/ds/"
     for uri in storage.list(dataset_uri):
-        name = uri[len(prefix):] if uri.startswith(prefix) else uri
+        name = uri.removeprefix(prefix)
         if SHARD_KEY.match(name) and name not in listed and name != MANIFEST_NAME:
             report.unlisted.append(name)
     return report

@@ -56,7 +56,7 @@ def _header(name: bytes, size_field: bytes, kind: bytes = b"0") -> bytes:
 
 
 def _pax_member(records: bytes, name: bytes = b"a.jpg", data: bytes = b"x") -> bytes:
-    pad = lambda b: b + bytes(-len(b) % 512)  # noqa: E731
+    pad = lambda b: b + bytes(-len(b) % 512)
     return (_header(b"pax", f"{len(records):o}".encode(), b"x") + pad(records)
             + _header(name, f"{len(data):o}".encode()) + pad(data) + bytes(1024))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -165,15 +166,38 @@ def knn_scorer(cfg: Config) -> ScoreFn:
     return score
 
 
-def _stored_selection(run: Any) -> dict[str, Any] | None:
-    """The selection an earlier attempt of this night wrote, or None."""
-    import mlflow.artifacts
+def _stored_selection(client: Any, run: Any) -> dict[str, Any] | None:
+    """The selection an earlier attempt of this night wrote; None only when it is absent.
 
+    "Absent" (the earlier attempt died before writing it) means plan the night afresh; a
+    stored selection that cannot be listed, downloaded or parsed (an MLflow or storage blip,
+    a damaged file) fails the night with TrackingError: re-planning then could resume a
+    checkpoint planned for other data.
+    """
+    from pipeline.tracking import TrackingError
+
+    run_id = run.info.run_id
+    folder, _, _ = SELECTION_ARTIFACT.rpartition("/")
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{SELECTION_ARTIFACT}")
-    except Exception:  # noqa: BLE001 - the earlier attempt died before writing it
+        listed = {a.path for a in client.list_artifacts(run_id, folder)}
+    except Exception as exc:  # noqa: BLE001 - any failure here: we cannot tell "absent"
+        raise TrackingError(f"nightly: cannot list the artifacts of run {run_id} to find "
+                            f"{SELECTION_ARTIFACT} ({type(exc).__name__}: {exc}); the night "
+                            "is not re-planned, run it again when MLflow is reachable") from exc
+    if SELECTION_ARTIFACT not in listed:
         return None
-    return json.loads(text)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mocopipe-nightly-") as tmp:
+            with open(client.download_artifacts(run_id, SELECTION_ARTIFACT, tmp)) as f:
+                record = json.load(f)
+        keys = ("new", "replay", "older", "cutoff", "init_from")
+        if not isinstance(record, dict) or any(k not in record for k in keys):
+            raise ValueError(f"expected a JSON object with {', '.join(keys)}")
+    except Exception as exc:  # noqa: BLE001 - stored but unreadable: fail the night clearly
+        raise TrackingError(f"nightly: run {run_id} has {SELECTION_ARTIFACT} but it cannot be "
+                            f"read ({type(exc).__name__}: {exc}); the night is not "
+                            "re-planned, fix or delete the artifact and run it again") from exc
+    return record
 
 
 def _choose(client: Any, cfg: Config, exp_id: str, date: str,
@@ -182,7 +206,7 @@ def _choose(client: Any, cfg: Config, exp_id: str, date: str,
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
-    stored = _stored_selection(run) if run is not None else None
+    stored = _stored_selection(client, run) if run is not None else None
     if stored is not None:
         sel = Selection(tuple(stored["new"]), tuple(stored["replay"]), stored["older"],
                         stored["cutoff"])

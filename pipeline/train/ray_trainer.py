@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.config import Config, from_dict
+from pipeline.config import Config, from_dict, validate_training
 from pipeline.tracking import (RunRef, client_for, finish_run, open_run, provenance_tags,
                                run_url)
 
@@ -111,6 +111,7 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
+    validate_training(cfg)  # e.g. data.train="" named here, not as ": no manifest.json"
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
                    tags=provenance_tags(cfg.data.train, manifest.sha256))

@@ -166,3 +166,10 @@ def test_nightly_stored_selection_absent_vs_unreadable(client: _Client, expected
         assert "not re-planned" in str(err.value) and "\n" not in str(err.value).split(" (")[0]
     else:
         assert _stored_selection(client, run) == expected
+
+
+def test_train_cli_with_empty_data_train_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Through `mocopipe train`: refused before any MLflow run or Ray cluster is touched."""
+    assert main(["train", str(TINY), "--set", 'data.train=""']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mocopipe: error: data.train: ''") and "\n" not in err

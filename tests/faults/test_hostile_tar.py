@@ -167,3 +167,19 @@ def test_shards_check_reports_hostile_shard(tmp_path: Path, data: bytes, message
     tar = [p for p in report.problems if p.kind == "tar"]
     assert [p.shard for p in tar] == ["shard-000000.tar"] and message in tar[0].detail
     assert not [p for p in report.problems if p.shard == "shard-000001.tar"]
+
+
+def test_no_stdlib_tar_parsing_of_shards_in_the_pipeline() -> None:
+    """Python 3.11.7's `tarfile` has 2025 CVEs on untrusted input (CVE-2025-8194: negative
+    offsets loop forever in member enumeration; CVE-2025-4517/4138/4330, CVE-2024-12718:
+    extraction-filter bypasses). Shards are parsed by tario only: no module of the pipeline
+    imports `tarfile` or webdataset's tarfile-based iterators (writing via ShardWriter is ours)."""
+    root = Path(__file__).resolve().parents[2] / "pipeline"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(s in code for s in ("import tarfile", "tarfile.open", "tar_file_iterator",
+                                       "tarfile_samples", "url_opener", "wds.WebDataset")):
+                offenders.append(f"{path.relative_to(root.parent)}:{n}: {line.strip()}")
+    assert offenders == []

@@ -187,9 +187,9 @@ def _stored_selection(client: Any, run: Any) -> dict[str, Any] | None:
     if SELECTION_ARTIFACT not in listed:
         return None
     try:
-        with tempfile.TemporaryDirectory(prefix="mocopipe-nightly-") as tmp:
-            with open(client.download_artifacts(run_id, SELECTION_ARTIFACT, tmp)) as f:
-                record = json.load(f)
+        with tempfile.TemporaryDirectory(prefix="mocopipe-nightly-") as tmp, \
+                open(client.download_artifacts(run_id, SELECTION_ARTIFACT, tmp)) as f:
+            record = json.load(f)
         keys = ("new", "replay", "older", "cutoff", "init_from")
         if not isinstance(record, dict) or any(k not in record for k in keys):
             raise ValueError(f"expected a JSON object with {', '.join(keys)}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import AugmentConfig
-from pipeline.eval.features import LabelError, extract_features, load_labelled, pixel_features
+from pipeline.eval.features import extract_features, load_labelled, pixel_features
 from pipeline.eval.knn import knn_top1
 from pipeline.eval.probe import linear_probe
 from pipeline.shards.fmnist import load_fashion_mnist

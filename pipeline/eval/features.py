@@ -13,6 +13,7 @@ tar parser (`pipeline.ingest.source.read_slices`), and images decoded with DCT d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -97,23 +98,25 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
                           read_ahead_bytes=read_ahead_bytes,
                           max_retries=storage.cfg.max_retries,
                           backoff_s=storage.cfg.retry_backoff_s)
-    for raw in samples:
-        ext = next((e for e in IMAGE_EXTS if e in raw.files), None) if raw.files else None
-        if raw.files is None or ext is None:
-            corrupt += 1
-            log.warning("%s/%s: skipping sample %d (%s)", dataset_uri, raw.shard, raw.member,
-                        raw.reason or f"no image member, has {sorted(raw.files or {})}")
-            continue
-        label = _label(raw.files.get("cls"), raw.shard, raw.key, classes)
-        try:
-            img = decode_image(raw.files[ext], ext, channels, min_side=image_size)
-        except ValueError as exc:  # decode_image's "corrupt sample" error
-            corrupt += 1
-            log.warning("%s/%s: skipping undecodable sample %r (%s)", dataset_uri, raw.shard,
-                        raw.key, exc)
-            continue
-        images.append(eval_view(img, image_size))
-        labels.append(label)
+    with contextlib.closing(samples):  # a LabelError still stops the stream's thread
+        for raw in samples:
+            ext = next((e for e in IMAGE_EXTS if e in raw.files), None) if raw.files else None
+            if raw.files is None or ext is None:
+                corrupt += 1
+                log.warning("%s/%s: skipping sample %d (%s)", dataset_uri, raw.shard, raw.member,
+                            raw.reason or f"no image member, has {sorted(raw.files or {})}")
+                continue
+            label = _label(raw.files.get("cls"), f"{dataset_uri.rstrip('/')}/{raw.shard}",
+                           raw.key, classes)
+            try:
+                img = decode_image(raw.files[ext], ext, channels, min_side=image_size)
+            except ValueError as exc:  # decode_image's "corrupt sample" error
+                corrupt += 1
+                log.warning("%s/%s: skipping undecodable sample %r (%s)", dataset_uri, raw.shard,
+                            raw.key, exc)
+                continue
+            images.append(eval_view(img, image_size))
+            labels.append(label)
     if corrupt:
         log.warning("%s: skipped %d unreadable or undecodable samples", dataset_uri, corrupt)
     if not images:

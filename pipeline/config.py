@@ -359,6 +359,13 @@ def _check_uri(key: str, value: str) -> None:
         _need(False, key, value, "must be s3://bucket/prefix or a local path")
 
 
+def validate_training(cfg: Config) -> None:
+    """`validate` plus what only training needs (a dataset to train on); ConfigError."""
+    validate(cfg)
+    _need(bool(cfg.data.train.strip()), "data.train", cfg.data.train,
+          "must name the dataset to train on (s3://BUCKET/DATASET or a local folder)")
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field rules. Raises ConfigError naming the first bad key."""
     s, d, a, i = cfg.storage, cfg.data, cfg.augment, cfg.ingest
@@ -466,9 +473,13 @@ def validate(cfg: Config) -> None:
 
     # Cross-field rules.
     g = cfg.global_batch
-    _need(mo.queue_size >= g and mo.queue_size % g == 0, "moco.queue_size", mo.queue_size,
-          f"must be a positive multiple of the global batch {g} "
-          f"(train.per_worker_batch={t.per_worker_batch} x ray.num_workers={r.num_workers})")
+    per_step = 2 * g if mo.symmetric else g  # keys enqueued per step (both views: symmetric)
+    _need(mo.queue_size >= per_step and mo.queue_size % per_step == 0, "moco.queue_size",
+          mo.queue_size, ("must be a positive multiple of 2 x the global batch "
+                          f"{g} = {per_step} keys enqueued per step (moco.symmetric=true) "
+                          if mo.symmetric else f"must be a positive multiple of the global "
+                          f"batch {g} ") + f"(train.per_worker_batch={t.per_worker_batch} x "
+          f"ray.num_workers={r.num_workers})")
     if mo.bn == "split":
         _need(t.per_worker_batch % mo.bn_splits == 0, "moco.bn_splits", mo.bn_splits,
               f"must divide train.per_worker_batch={t.per_worker_batch}")

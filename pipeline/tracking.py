@@ -238,17 +238,24 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
         client.log_batch(run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
 
 
-def git_sha(cwd: str | None = None) -> str:
-    """HEAD of the checkout holding this package (MOCOPIPE_GIT_SHA wins), or "unknown"."""
+def git_sha(root: str | os.PathLike[str] | None = None) -> str:
+    """HEAD of the checkout holding this package ("<sha>-dirty" with uncommitted changes to
+    tracked files), or "unknown"; MOCOPIPE_GIT_SHA wins (inside a Ray job there is no .git:
+    the submitter sets it)."""
     if os.environ.get("MOCOPIPE_GIT_SHA"):
         return os.environ["MOCOPIPE_GIT_SHA"]
-    here = cwd or os.path.dirname(os.path.abspath(__file__))
+    here = str(root or os.path.dirname(os.path.abspath(__file__)))
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True)
-        return out.stdout.strip() or "unknown"
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    if not sha:
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
 
 
 def ray_submission_id() -> str | None:

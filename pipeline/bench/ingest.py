@@ -21,10 +21,10 @@ from pipeline.bench.reference import cpu_throughput
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import iter_members
 from pipeline.shards.manifest import read_manifest
+from pipeline.shards.sources import IMAGE_EXTS
 from pipeline.storage import Storage, is_s3, join, split_s3
 
 _MB = 2**20
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def sample_images(storage: Storage, shard_uris: list[str], n: int) -> list[bytes]:

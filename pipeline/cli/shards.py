@@ -66,6 +66,11 @@ def _cmd_shards_write(args: argparse.Namespace) -> int:
     except ValueError as exc:  # bad arguments / empty source: one line, no traceback
         print(f"mocopipe: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission, read-only file system: one line
+        where = f"{exc.filename}" if exc.filename else args.dest
+        print(f"mocopipe: error: shards write {args.dest}: cannot write {where}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,56 +4,58 @@
     report = compare(loaded.backbone, loaded.cfg, train_uri=..., test_uri=...)
     eval_run_id = log_report(loaded, report)                          # new MLflow run + version tags
 
-The encoder is rebuilt from its training run: the run's params are the resolved config tree
-(`cfg.flat()`), so `build_encoder(cfg.model, cfg.data.channels)` gives the architecture and
-the run artifact `encoder.safetensors` the weights (strict key check). A run without that
-file falls back to `mlflow.pytorch.load_model` of the registered/logged model.
+The encoder is rebuilt from its training run by `pipeline.eval.registry` (architecture from
+the run's params, weights from its `encoder.safetensors`; a run without that file is refused,
+the registry is never unpickled). Scores use THE kNN recipe (`pipeline.eval.knn`) and the
+linear probe (`pipeline.eval.probe`) on features of `pipeline.eval.features`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config import (Config, ConfigError, MlflowConfig, _apply_override, from_dict,
-                             load_config)
-from pipeline.eval.features import (extract_features, knn_top1, linear_probe, load_labelled,
-                               pixel_features)
+from pipeline.config import Config, ConfigError
+from pipeline.eval.features import extract_features, load_labelled, pixel_features
+from pipeline.eval.knn import knn_top1
+from pipeline.eval.probe import linear_probe
+from pipeline.eval.registry import (
+    LoadedEncoder,
+    config_from_params,
+    load_encoder,
+    resolve_source,
+)
 from pipeline.model import build_encoder
 from pipeline.shards.manifest import read_manifest
 from pipeline.storage import Storage, join
-from pipeline.tracking import TrackingError, client_for, redact_map, resolve_tracking_uri
+from pipeline.tracking import client_for, redact_map
+
+# `mocopipe evaluate` loads through these (their home is pipeline.eval.registry)
+__all__ = [
+    "EvalReport",
+    "LoadedEncoder",
+    "compare",
+    "config_from_params",
+    "format_table",
+    "load_encoder",
+    "log_report",
+    "resolve_source",
+    "split_data",
+]
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.safetensors"
 ROWS = ("model", "random_init", "raw_pixels")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass
-class LoadedEncoder:
-    """A trained backbone with the config of its training run and where it came from."""
-
-    backbone: nn.Module
-    cfg: Config
-    run_id: str  # the training run
-    experiment_id: str
-    label: str  # how the table names it, e.g. "demo-encoder v3"
-    model_name: str | None = None
-    model_version: str | None = None
 
 
 @dataclass
@@ -79,122 +81,6 @@ class EvalReport:
             out[f"{prefix}knn_top1"] = self.knn[row]
             out[f"{prefix}probe_top1"] = self.probe[row]
         return out
-
-
-# ----------------------------------------------------------------------------- resolving
-
-
-def resolve_source(client: Any, ref: str) -> tuple[str, str | None, str | None]:
-    """MODEL_URI | RUN_ID -> (run_id, registered model name or None, version or None).
-
-    Accepts models:/NAME/VERSION, models:/NAME/latest, models:/NAME@ALIAS, models:/m-<id>
-    (an MLflow 3 logged model), runs:/RUN_ID[/path] and a bare 32-hex run id.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _resolve(client, ref)
-    except MlflowException as exc:
-        raise TrackingError(f"{ref}: {exc.message}") from exc
-
-
-def _resolve(client: Any, ref: str) -> tuple[str, str | None, str | None]:
-    if ref.startswith("models:/"):
-        rest = ref[len("models:/"):].strip("/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-            return mv.run_id, mv.name, str(mv.version)
-        if "/" in rest:
-            name, version = rest.rsplit("/", 1)
-            if version == "latest":
-                found = client.search_model_versions(f"name = '{name}'",
-                                                     order_by=["version_number DESC"])
-                if not found:
-                    raise TrackingError(f"{ref}: registered model {name!r} has no versions")
-                version = str(found[0].version)
-            mv = client.get_model_version(name, version)
-            return mv.run_id, mv.name, str(mv.version)
-        if rest.startswith("m-"):
-            return client.get_logged_model(rest).source_run_id, None, None
-        raise TrackingError(f"{ref}: expected models:/NAME/VERSION, models:/NAME@ALIAS or "
-                            "models:/m-<logged model id>")
-    if ref.startswith("runs:/"):
-        run_id = ref[len("runs:/"):].split("/", 1)[0]
-    else:
-        run_id = ref
-    if not _RUN_ID.match(run_id):
-        raise TrackingError(f"{ref!r}: not a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, "
-                            "runs:/RUN_ID) nor a 32-character MLflow run id")
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
-    if versions:  # the run registered an encoder: evaluate (and tag) that version
-        mv = max(versions, key=lambda v: int(v.version))
-        return run_id, mv.name, str(mv.version)
-    return run_id, None, None
-
-
-def config_from_params(params: dict[str, str], overrides: list[str] | None = None) -> Config:
-    """Rebuild the training config from run params (`cfg.flat()`: strings raw, others JSON)."""
-    hints = get_type_hints(Config)
-    raw: dict[str, dict[str, Any]] = {}
-    for key, text in params.items():
-        section, _, name = key.partition(".")
-        if section not in hints or not dataclasses.is_dataclass(hints[section]):
-            continue
-        field_types = get_type_hints(hints[section])
-        if name not in field_types:
-            log.warning("run param %s is not a config key any more; ignored", key)
-            continue
-        if field_types[name] is str:
-            value: Any = text
-        else:
-            try:
-                value = json.loads(text)
-            except ValueError:
-                value = text  # a Literal string value is logged raw
-        raw.setdefault(section, {})[name] = value
-    for item in overrides or []:
-        _apply_override(raw, item)
-    return from_dict(raw)
-
-
-def load_encoder(ref: str, *, config: str | None = None, overrides: list[str] | None = None,
-                 tracking_uri: str | None = None) -> LoadedEncoder:
-    """Resolve `ref` (see `resolve_source`), rebuild its config, and load its backbone weights.
-
-    The config is the training run's params, or the `config` TOML when given; `overrides`
-    (`section.key=value`) apply on top.
-    """
-    uri = tracking_uri or resolve_tracking_uri(MlflowConfig())
-    client = client_for(uri)
-    run_id, name, version = resolve_source(client, ref)
-    run = client.get_run(run_id)
-    cfg = (load_config(config, overrides) if config
-           else config_from_params(run.data.params, overrides))
-    if not run.data.params and not config:
-        raise ConfigError(f"{ref}: run {run_id} has no params to rebuild the model from; "
-                          "pass --config with the training config")
-    backbone = build_encoder(cfg.model, in_channels=cfg.data.channels)
-    names = {a.path for a in client.list_artifacts(run_id)}
-    if ENCODER_FILE in names:
-        from safetensors.torch import load_file
-
-        with tempfile.TemporaryDirectory(prefix="mocopipe-eval-") as tmp:
-            path = client.download_artifacts(run_id, ENCODER_FILE, tmp)
-            state = load_file(path)
-        try:
-            backbone.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{ref}: {ENCODER_FILE} of run {run_id} does not fit model.arch="
-                             f"{cfg.model.arch!r} width={cfg.model.width}: {exc}") from exc
-    else:
-        import mlflow.pytorch
-
-        model_uri = f"models:/{name}/{version}" if name else f"runs:/{run_id}/encoder"
-        log.info("%s: run has no %s; loading %s", ref, ENCODER_FILE, model_uri)
-        backbone = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    label = f"{name} v{version}" if name else f"run {run_id[:8]}"
-    return LoadedEncoder(backbone, cfg, run_id, run.info.experiment_id, label, name, version)
 
 
 # ----------------------------------------------------------------------------- measuring

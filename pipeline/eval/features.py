@@ -1,62 +1,79 @@
-"""Evaluate frozen encoders: labelled-shard loading, feature extraction, kNN monitor, linear probe.
+"""Labelled eval shards in memory, and frozen-encoder features of them.
 
-The pieces are small and pure so the training loop (kNN monitor every epoch) and
-`mocopipe evaluate` (kNN + linear probe against random-init and raw-pixel baselines) share
-them:
+The kNN recipe (`pipeline.eval.knn`), the linear probe (`pipeline.eval.probe`), the training
+loop's monitor, the nightly scorer and `mocopipe evaluate` all load their images here:
 
     images, labels = load_labelled(storage, "s3://corpus/fmnist/test", channels=1, image_size=28)
     feats = extract_features(backbone, images, cfg.augment)          # (N, D) float32, CPU
-    acc = knn_top1(bank_feats, bank_labels, feats, labels, k=200, t=0.1)
-    acc = linear_probe(bank_feats, bank_labels, feats, labels, epochs=100, lr=0.1, wd=0.0)
 
-Accuracies are fractions in [0, 1].
+Shards are read with the training path's machinery: the resumable `ReadAheadStream` and THE
+tar parser (`pipeline.ingest.source.read_slices`), and images decoded with DCT downscaling
+(`decode_image(..., min_side=image_size)`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from webdataset.tariterators import tar_file_iterator
 
 from pipeline.augment import decode_image, eval_view, normalize
 from pipeline.config import AugmentConfig
+from pipeline.ingest.source import StreamStats, read_slices
 from pipeline.shards.manifest import read_manifest
-from pipeline.storage import Storage, join
+from pipeline.shards.plan import ShardSlice
+from pipeline.shards.sources import IMAGE_EXTS
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-# Cosine-similarity entries per kNN chunk (queries x bank): bounds memory to ~64 MB of float32.
-KNN_CHUNK_ELEMENTS = 16 * 2**20
-
+MAX_CLASSES = 100_000  # label bound when a labelled manifest lists no class names
 ArrayLike = np.ndarray | torch.Tensor
+
+
+class LabelError(ValueError):
+    """A sample of a labelled eval dataset has a missing, malformed or out-of-range label."""
 
 
 # ----------------------------------------------------------------------------- data
 
 
+def _label(raw: bytes | None, shard: str, key: str, classes: int) -> int:
+    """The `.cls` member as an int in [0, classes); anything else names the shard."""
+    if raw is None:
+        raise LabelError(f"{shard}: sample {key!r} has no .cls label in a labelled dataset")
+    text = raw[:20].decode("ascii", "replace").strip()
+    if not (text.isdigit() and len(text) <= 9):  # also refuses "-3" and "1e9"
+        raise LabelError(f"{shard}: sample {key!r} has a bad .cls label {raw[:20]!r}")
+    if int(text) >= classes:
+        raise LabelError(f"{shard}: sample {key!r} has label {int(text)} outside [0, {classes}) "
+                         "of the manifest's classes")
+    return int(text)
+
+
 def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_size: int,
-                  max_samples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  max_samples: int = 0,
+                  read_ahead_bytes: int = 16 * 2**20) -> tuple[np.ndarray, np.ndarray]:
     """Read a labelled shard dataset sequentially into memory, resized for evaluation.
 
     Shards are read in manifest order, samples in tar order, so the result is deterministic.
-    Each image is decoded to `channels` and passed through `eval_view` (shorter side resized
-    to `image_size`, center crop). Undecodable images are skipped and counted in a warning.
+    Each image is decoded to `channels` (DCT-downscaled as long as its shorter side stays
+    >= `image_size`) and passed through `eval_view` (shorter side resized to `image_size`,
+    center crop). Unreadable samples and undecodable images are skipped and counted in a
+    warning. Network retries follow the storage config (`storage.max_retries`).
 
     Returns:
         images: uint8 (N, C, H, W) with C = channels, H = W = image_size.
-        labels: int64 (N,).
+        labels: int64 (N,), each in [0, number of manifest classes).
 
     Raises:
         ManifestError: the manifest is missing or invalid.
-        ValueError: the dataset is not labelled, a sample has no or a bad `.cls`, or no
-            image could be decoded.
+        LabelError: a sample has no, a malformed or an out-of-range `.cls` (names the shard).
+        ValueError: the dataset is not labelled, or no image could be decoded.
     """
     if max_samples < 0:
         raise ValueError(f"max_samples: {max_samples} must be >= 0 (0 = all)")
@@ -65,60 +82,46 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
         raise ValueError(
             f"{dataset_uri}: the dataset has no labels (manifest labelled=false); evaluation "
             "needs shards written from a labelled source (class folders or fashion-mnist:...)")
-    want = manifest.total_samples if max_samples == 0 else min(max_samples, manifest.total_samples)
+    classes = len(manifest.classes) or MAX_CLASSES
+    remaining = manifest.total_samples if max_samples == 0 else max_samples
+    slices: list[ShardSlice] = []
+    for shard in manifest.shards:
+        if remaining <= 0:
+            break
+        slices.append(ShardSlice(shard.key, 0, min(shard.samples, remaining)))
+        remaining -= len(slices[-1])
+    needed = {(sl.shard, m) for sl in slices for m in range(sl.start, sl.stop)}
     images: list[np.ndarray] = []
     labels: list[int] = []
     corrupt = 0
-    for shard in manifest.shards:
-        if len(images) >= want:
-            break
-        uri = join(dataset_uri, shard.key)
-        for key, sample in _iter_tar_samples(storage, uri):
-            if len(images) >= want:
-                break
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            if ext is None:
-                continue  # a stray member (e.g. metadata) without an image
-            if "cls" not in sample:
-                raise ValueError(f"{uri}: sample {key!r} has no .cls label in a labelled dataset")
+    samples = read_slices(storage, dataset_uri, slices, needed, StreamStats(),
+                          read_ahead_bytes=read_ahead_bytes,
+                          max_retries=storage.cfg.max_retries,
+                          backoff_s=storage.cfg.retry_backoff_s)
+    with contextlib.closing(samples):  # a LabelError still stops the stream's thread
+        for raw in samples:
+            ext = next((e for e in IMAGE_EXTS if e in raw.files), None) if raw.files else None
+            if raw.files is None or ext is None:
+                corrupt += 1
+                log.warning("%s/%s: skipping sample %d (%s)", dataset_uri, raw.shard, raw.member,
+                            raw.reason or f"no image member, has {sorted(raw.files or {})}")
+                continue
+            label = _label(raw.files.get("cls"), f"{dataset_uri.rstrip('/')}/{raw.shard}",
+                           raw.key, classes)
             try:
-                label = int(sample["cls"].decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise ValueError(f"{uri}: sample {key!r} has a bad .cls label "
-                                 f"{sample['cls'][:20]!r}") from exc
-            try:
-                img = decode_image(sample[ext], ext, channels)
+                img = decode_image(raw.files[ext], ext, channels, min_side=image_size)
             except ValueError as exc:  # decode_image's "corrupt sample" error
                 corrupt += 1
-                log.warning("%s: skipping undecodable sample %r (%s)", uri, key, exc)
+                log.warning("%s/%s: skipping undecodable sample %r (%s)", dataset_uri, raw.shard,
+                            raw.key, exc)
                 continue
             images.append(eval_view(img, image_size))
             labels.append(label)
     if corrupt:
-        log.warning("%s: skipped %d undecodable images", dataset_uri, corrupt)
+        log.warning("%s: skipped %d unreadable or undecodable samples", dataset_uri, corrupt)
     if not images:
         raise ValueError(f"{dataset_uri}: no decodable labelled images found")
     return np.stack(images).astype(np.uint8, copy=False), np.asarray(labels, dtype=np.int64)
-
-
-def _iter_tar_samples(storage: Storage, uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream one tar and yield (key, {ext: bytes}) with the members of one sample grouped."""
-    body, _size = storage.get_stream(uri)
-    try:
-        key: str | None = None
-        sample: dict[str, bytes] = {}
-        for member in tar_file_iterator(body):
-            name = member["fname"].rsplit("/", 1)[-1]
-            base, _, ext = name.partition(".")
-            if base != key:
-                if key is not None and sample:
-                    yield key, sample
-                key, sample = base, {}
-            sample[ext.lower()] = member["data"]
-        if key is not None and sample:
-            yield key, sample
-    finally:
-        body.close()
 
 
 # ----------------------------------------------------------------------------- features
@@ -165,10 +168,8 @@ def pixel_features(images_uint8: ArrayLike, augment_cfg: AugmentConfig,
     return x.flatten(1)
 
 
-# ----------------------------------------------------------------------------- kNN
-
-
-def _check_pair(name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
+def check_labelled(name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise ValueError unless feats is a non-empty (N, D) matrix and labels (N,) are >= 0."""
     if feats.dim() != 2 or feats.shape[0] == 0:
         raise ValueError(f"{name}_feats: expected a non-empty (N, D) matrix, got {tuple(feats.shape)}")
     if labels.shape != (feats.shape[0],):
@@ -176,105 +177,3 @@ def _check_pair(name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
                          f"{tuple(labels.shape)}")
     if labels.min() < 0:
         raise ValueError(f"{name}_labels: labels must be >= 0, got {int(labels.min())}")
-
-
-@torch.no_grad()
-def knn_top1(bank_feats: ArrayLike, bank_labels: ArrayLike, query_feats: ArrayLike,
-             query_labels: ArrayLike, *, k: int = 200, t: float = 0.1) -> float:
-    """Weighted kNN top-1 accuracy (the InstDisc / MoCo monitor) with cosine similarity.
-
-    Each query takes its `k` most similar bank samples; neighbour j votes for its label with
-    weight exp(sim_j / t). Queries are processed in chunks so memory stays bounded.
-    bank_feats (M, D), bank_labels (M,), query_feats (N, D), query_labels (N,).
-    """
-    if k < 1:
-        raise ValueError(f"k: {k} must be >= 1")
-    if not t > 0:
-        raise ValueError(f"t: {t} must be > 0")
-    bank = torch.as_tensor(bank_feats).float()
-    bank_y = torch.as_tensor(bank_labels).long()
-    query = torch.as_tensor(query_feats).float()
-    query_y = torch.as_tensor(query_labels).long()
-    _check_pair("bank", bank, bank_y)
-    _check_pair("query", query, query_y)
-    if bank.shape[1] != query.shape[1]:
-        raise ValueError(f"query_feats: dimension {query.shape[1]} != bank dimension {bank.shape[1]}")
-    bank = F.normalize(bank, dim=1)
-    query = F.normalize(query, dim=1)
-    k = min(k, bank.shape[0])
-    classes = int(max(bank_y.max(), query_y.max())) + 1
-    chunk = max(1, KNN_CHUNK_ELEMENTS // bank.shape[0])
-    correct = 0
-    for start in range(0, query.shape[0], chunk):
-        q = query[start:start + chunk]
-        sim = q @ bank.T                                  # (B, M) cosine similarities
-        top_sim, top_idx = sim.topk(k, dim=1)             # (B, k)
-        weights = (top_sim / t).exp()                     # (B, k)
-        votes = torch.zeros(q.shape[0], classes)
-        votes.scatter_add_(1, bank_y[top_idx], weights)   # (B, classes)
-        correct += int((votes.argmax(dim=1) == query_y[start:start + chunk]).sum())
-    return correct / query.shape[0]
-
-
-# ----------------------------------------------------------------------------- linear probe
-
-
-def linear_probe(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: ArrayLike,
-                 test_labels: ArrayLike, *, epochs: int, lr: float, wd: float,
-                 batch_size: int = 256, seed: int = 0) -> float:
-    """Top-1 test accuracy of a logistic-regression head trained on cached, frozen features.
-
-    Features are standardized with the train set's per-dimension mean/std. The head
-    (D -> classes, zero-initialized) is trained with mini-batch SGD (momentum 0.9, cosine
-    learning rate, L2 weight decay `wd` on the weights) for `epochs` passes, shuffled by a
-    seeded generator: the same inputs give the same accuracy.
-    train_feats (M, D), train_labels (M,), test_feats (N, D), test_labels (N,).
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs: {epochs} must be >= 1")
-    if not lr > 0:
-        raise ValueError(f"lr: {lr} must be > 0")
-    if wd < 0:
-        raise ValueError(f"wd: {wd} must be >= 0")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: {batch_size} must be >= 1")
-    x_train = torch.as_tensor(train_feats).float()
-    y_train = torch.as_tensor(train_labels).long()
-    x_test = torch.as_tensor(test_feats).float()
-    y_test = torch.as_tensor(test_labels).long()
-    _check_pair("train", x_train, y_train)
-    _check_pair("test", x_test, y_test)
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"test_feats: dimension {x_test.shape[1]} != train dimension "
-                         f"{x_train.shape[1]}")
-    mean = x_train.mean(dim=0, keepdim=True)
-    std = x_train.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-6)
-    x_train = (x_train - mean) / std
-    x_test = (x_test - mean) / std
-    classes = int(max(y_train.max(), y_test.max())) + 1
-
-    head = nn.Linear(x_train.shape[1], classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD([{"params": [head.weight], "weight_decay": wd},
-                           {"params": [head.bias], "weight_decay": 0.0}], lr=lr, momentum=0.9)
-    n = x_train.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                for group in opt.param_groups:  # cosine decay to 0 over all steps
-                    group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(head(x_train[idx]), y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-    with torch.no_grad():
-        pred = head(x_test).argmax(dim=1)
-    return int((pred == y_test).sum()) / len(y_test)

@@ -33,9 +33,9 @@ from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConf
 from pipeline.ingest.order import SampleId, augment_rng, round_order, round_slices
 from pipeline.ingest.source import RawSample, StreamStats, read_slices
 from pipeline.shards.plan import ReaderPlan
+from pipeline.shards.sources import IMAGE_EXTS
 from pipeline.storage import Storage
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _MB = 2**20
 
 

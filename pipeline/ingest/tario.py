@@ -10,7 +10,10 @@ names (``L``), pax extended headers (``x``: ``path``, ``size``; ``g`` is ignored
 Member names are then split into sample key and extension with webdataset's
 `base_plus_ext`, so keys match what webdataset would produce.
 
-Any inconsistency (bad header checksum, truncated data) raises `TarFormatError`.
+Any inconsistency (bad header checksum, truncated data, malformed numbers or pax records,
+negative sizes, extended headers over `MAX_EXTENDED_HEADER`, wanted members over
+`MAX_MEMBER_BYTES`) raises `TarFormatError`, in
+time and memory bounded by the input: a hostile shard cannot hang or exhaust a reader.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ _BLOCK = 512
 _ZERO = bytes(_BLOCK)
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset skips these metadata members
 _REGULAR = (b"0", b"\0", b"7")
+MAX_EXTENDED_HEADER = 1 << 20  # a long name / pax header larger than this is hostile
+MAX_MEMBER_BYTES = 1 << 28  # a sample member (one image) larger than 256 MiB is hostile
 
 
 class TarFormatError(ValueError):
@@ -58,18 +63,37 @@ def _string(field: bytes) -> str:
 
 
 def _pax(data: bytes) -> dict[str, str]:
-    """Records ``"%d %s=%s\\n"`` of a pax extended header."""
+    """Records ``"%d %s=%s\\n"`` of a pax extended header.
+
+    Each record's length counts its own digits, the space and the newline; a length that is
+    not a decimal number, too short to hold ``"N k=\\n"``, running past the header, or a record
+    not ending in a newline is a `TarFormatError` (never a loop: every record advances).
+    """
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.find(b" ", pos)
-        if space < 0:
-            raise TarFormatError("bad pax header record")
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise TarFormatError(f"bad pax header record length {data[pos:pos + 20]!r}")
+        length = int(digits)
+        end = pos + length
+        if length < len(digits) + 3 or end > len(data) or data[end - 1:end] != b"\n":
+            raise TarFormatError(f"bad pax header record (length {length} at offset {pos})")
+        key, _, value = data[space + 1:end - 1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        pos = end
     return out
+
+
+def _pax_size(pax: dict[str, str], size: int) -> int:
+    """The member size, from the pax ``size`` record when there is one."""
+    text = pax.get("size")
+    if text is None:
+        return size
+    if not text.isdigit():
+        raise TarFormatError(f"bad pax size record {text[:20]!r}")
+    return int(text)
 
 
 def iter_members(src: ByteSource,
@@ -93,19 +117,25 @@ def iter_members(src: ByteSource,
             raise TarFormatError("bad tar header checksum")
         kind = header[156:157]
         size = _number(header[124:136], "size")
+        if size < 0:
+            raise TarFormatError(f"negative member size {size} in tar header")
         name = _string(header[0:100])
         if header[257:263] == b"ustar\0" and header[345:346] != b"\0":  # POSIX prefix field
             name = f"{_string(header[345:500])}/{name}"
         if kind in (b"L", b"x", b"g"):
+            if size > MAX_EXTENDED_HEADER:
+                raise TarFormatError(f"extended header of {size} bytes (more than "
+                                     f"{MAX_EXTENDED_HEADER})")
             data = _exact(src, size, "an extended header")
-            src.skip(-size % _BLOCK)
+            if src.skip(-size % _BLOCK) != -size % _BLOCK:
+                raise TarFormatError("unexpected end of data after an extended header")
             if kind == b"L":
                 long_name = _string(data)
             elif kind == b"x":
                 pax = _pax(data)
             continue
         name = pax.get("path") or long_name or name
-        size = int(pax["size"]) if "size" in pax else size
+        size = _pax_size(pax, size)
         long_name, pax = None, {}
         padded = size + (-size % _BLOCK)
         if kind not in _REGULAR or _META.match(name):
@@ -113,6 +143,9 @@ def iter_members(src: ByteSource,
                 raise TarFormatError(f"unexpected end of data in {name!r}")
             continue
         if want is None or want(name):
+            if size > MAX_MEMBER_BYTES:
+                raise TarFormatError(f"member {name!r} of {size} bytes (more than "
+                                     f"{MAX_MEMBER_BYTES})")
             data = _exact(src, size, repr(name))
             if src.skip(padded - size) != padded - size:
                 raise TarFormatError(f"unexpected end of data after {name!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -149,36 +150,56 @@ def promote_if_better(client: Any, name: str, version: str, alias: str,
 
 
 def knn_scorer(cfg: Config) -> ScoreFn:
-    """score(model_uri) = kNN top-1 of that registered backbone on the labelled eval set."""
-    import mlflow.pytorch
-
-    from pipeline.eval.features import extract_features, knn_top1, load_labelled
+    """score(model_uri) = kNN top-1 (THE recipe, `pipeline.eval.knn`) of that registered
+    backbone on the labelled eval set. Weights come from the version's run
+    `encoder.safetensors` (architecture from that run's params): the registry is never
+    unpickled, and a version without the file is refused (`UnsafeModelError`)."""
+    from pipeline.eval.knn import KnnScorer
+    from pipeline.eval.registry import load_encoder
     from pipeline.storage import Storage
+    from pipeline.tracking import resolve_tracking_uri
 
-    storage, d, e = Storage(cfg.storage), cfg.data, cfg.eval
-    bank_x, bank_y = load_labelled(storage, d.eval_train, channels=d.channels,
-                                   image_size=d.image_size, max_samples=e.max_bank)
-    query_x, query_y = load_labelled(storage, d.eval_test, channels=d.channels,
-                                     image_size=d.image_size, max_samples=e.max_queries)
+    scorer = KnnScorer.from_sections(Storage(cfg.storage), cfg.data, cfg.eval, cfg.augment)
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
 
     def score(uri: str) -> float:
-        backbone = mlflow.pytorch.load_model(uri, map_location="cpu")
-        bank = extract_features(backbone, bank_x, cfg.augment)
-        queries = extract_features(backbone, query_x, cfg.augment)
-        return knn_top1(bank, bank_y, queries, query_y, k=e.knn_k, t=e.knn_t)
+        return scorer(load_encoder(uri, tracking_uri=tracking_uri).backbone)
 
     return score
 
 
-def _stored_selection(run: Any) -> dict[str, Any] | None:
-    """The selection an earlier attempt of this night wrote, or None."""
-    import mlflow.artifacts
+def _stored_selection(client: Any, run: Any) -> dict[str, Any] | None:
+    """The selection an earlier attempt of this night wrote; None only when it is absent.
 
+    "Absent" (the earlier attempt died before writing it) means plan the night afresh; a
+    stored selection that cannot be listed, downloaded or parsed (an MLflow or storage blip,
+    a damaged file) fails the night with TrackingError: re-planning then could resume a
+    checkpoint planned for other data.
+    """
+    from pipeline.tracking import TrackingError
+
+    run_id = run.info.run_id
+    folder, _, _ = SELECTION_ARTIFACT.rpartition("/")
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{SELECTION_ARTIFACT}")
-    except Exception:  # noqa: BLE001 - the earlier attempt died before writing it
+        listed = {a.path for a in client.list_artifacts(run_id, folder)}
+    except Exception as exc:  # noqa: BLE001 - any failure here: we cannot tell "absent"
+        raise TrackingError(f"nightly: cannot list the artifacts of run {run_id} to find "
+                            f"{SELECTION_ARTIFACT} ({type(exc).__name__}: {exc}); the night "
+                            "is not re-planned, run it again when MLflow is reachable") from exc
+    if SELECTION_ARTIFACT not in listed:
         return None
-    return json.loads(text)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mocopipe-nightly-") as tmp, \
+                open(client.download_artifacts(run_id, SELECTION_ARTIFACT, tmp)) as f:
+            record = json.load(f)
+        keys = ("new", "replay", "older", "cutoff", "init_from")
+        if not isinstance(record, dict) or any(k not in record for k in keys):
+            raise ValueError(f"expected a JSON object with {', '.join(keys)}")
+    except Exception as exc:  # noqa: BLE001 - stored but unreadable: fail the night clearly
+        raise TrackingError(f"nightly: run {run_id} has {SELECTION_ARTIFACT} but it cannot be "
+                            f"read ({type(exc).__name__}: {exc}); the night is not "
+                            "re-planned, fix or delete the artifact and run it again") from exc
+    return record
 
 
 def _choose(client: Any, cfg: Config, exp_id: str, date: str,
@@ -187,7 +208,7 @@ def _choose(client: Any, cfg: Config, exp_id: str, date: str,
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
-    stored = _stored_selection(run) if run is not None else None
+    stored = _stored_selection(client, run) if run is not None else None
     if stored is not None:
         sel = Selection(tuple(stored["new"]), tuple(stored["replay"]), stored["older"],
                         stored["cutoff"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,8 @@ from typing import Any, TextIO
 
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
+
+from pipeline.tracking import git_sha
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,24 +64,6 @@ class JobSpec:
 
 
 # ----------------------------------------------------------------------------- project facts
-
-
-def git_sha(root: Path = PROJECT_ROOT) -> str:
-    """HEAD of the project ("<sha>-dirty" with uncommitted changes); MOCOPIPE_GIT_SHA wins.
-
-    Inside a job there is no .git (it is not shipped): the submitter sets MOCOPIPE_GIT_SHA.
-    """
-    if os.environ.get("MOCOPIPE_GIT_SHA"):
-        return os.environ["MOCOPIPE_GIT_SHA"]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"], check=True, capture_output=True,
-                               text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
 
 
 def config_relpath(config: str, root: Path = PROJECT_ROOT) -> str:

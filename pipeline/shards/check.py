@@ -9,13 +9,20 @@ is streamed once (sha256 computed while the tar is parsed), `workers` shards at 
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.shards.manifest import MANIFEST_NAME, SHARD_KEY, Manifest, ShardInfo, \
-    read_manifest
+from webdataset.tariterators import base_plus_ext
+
+from pipeline.ingest.tario import TarFormatError, iter_members
+from pipeline.shards.manifest import (
+    MANIFEST_NAME,
+    SHARD_KEY,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+)
 from pipeline.shards.sources import IMAGE_EXTS, BadInput, validate_image
 from pipeline.storage import Storage, StorageError, join
 
@@ -57,15 +64,19 @@ class _HashingReader:
         self.size += len(data)
         return data
 
+    def skip(self, n: int) -> int:
+        """Read past `n` bytes (they still go through the hash); returns how many there were."""
+        done = 0
+        while done < n:
+            got = len(self.read(min(n - done, 1 << 20)))
+            if not got:
+                break
+            done += got
+        return done
+
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
-
-
-def _split(name: str) -> tuple[str, str]:
-    """Tar member name -> (key, extension): the key ends at the first dot."""
-    key, _, ext = name.partition(".")
-    return key, ext.lower()
 
 
 class _ShardScan:
@@ -149,22 +160,22 @@ def check_shard(storage: Storage, dataset_uri: str, info: ShardInfo, manifest: M
 
 
 def _scan_tar(reader: _HashingReader, scan: _ShardScan) -> None:
-    """Stream the tar, grouping consecutive members by key into samples."""
+    """Stream the tar through THE tar parser (`pipeline.ingest.tario`, the readers' own),
+    grouping consecutive members by key (webdataset's rule) into samples."""
     key: str | None = None
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _split(member.name)
-                if k != key and key is not None:
-                    scan.sample(key, members)
-                    members = {}
-                key = k
-                f = tar.extractfile(member)
-                members[ext] = f.read() if f is not None else b""
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        for name, data in iter_members(reader):
+            k, ext = base_plus_ext(name)
+            if k is None:
+                scan.problem("sample", f"member {name!r} has no extension", capped=True)
+                continue
+            if k != key and key is not None:
+                scan.sample(key, members)
+                members = {}
+            key = k
+            members[ext.lower()] = data or b""
+    except (TarFormatError, OSError) as exc:
         scan.problem("tar", f"unreadable tar: {type(exc).__name__}: {exc}")
         return
     if key is not None:
@@ -186,7 +197,7 @@ def check_dataset(storage: Storage, dataset_uri: str, *, deep: bool = False,
     listed = {s.key for s in manifest.shards}
     prefix = join(dataset_uri, "x")[:-1]  # "s3://b/ds/" or "/path/ds/"
     for uri in storage.list(dataset_uri):
-        name = uri[len(prefix):] if uri.startswith(prefix) else uri
+        name = uri.removeprefix(prefix)
         if SHARD_KEY.match(name) and name not in listed and name != MANIFEST_NAME:
             report.unlisted.append(name)
     return report

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.storage import Storage, is_s3, split_s3
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # THE image member extensions of a sample
 _FORMAT_EXT = {"JPEG": ("jpg", "jpeg"), "PNG": ("png",), "WEBP": ("webp",)}
 LABEL_MODES = ("auto", "folders", "none")
 FMNIST_PREFIX = "fashion-mnist:"

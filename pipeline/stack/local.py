@@ -116,10 +116,23 @@ class StackInfo:
 
 
 def load_state(state_dir: str | Path) -> StackState | None:
+    """The stack.json of `state_dir`, None if there is none; StackError (one line naming the
+    file) if it is unreadable, not JSON, or not the shape `up` writes."""
     path = Path(state_dir) / "stack.json"
     if not path.exists():
         return None
-    return StackState(**json.loads(path.read_text()))
+    try:
+        raw = json.loads(path.read_text())
+        state = StackState(**raw)
+        bad = [k for k in ("s3", "mlflow", "ray_gcs", "ray_dashboard")
+               if not isinstance(state.ports.get(k), int)]
+        if bad or not isinstance(state.procs, dict):
+            raise TypeError(f"ports {bad} missing or not integers" if bad else "procs not a map")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StackError(f"{path}: corrupt stack state ({type(exc).__name__}: {reason}); stop "
+                         "any stack processes still running by hand, then delete the file") from exc
+    return state
 
 
 def _env_for(state: StackState, creds: Credentials) -> dict[str, str]:

@@ -45,7 +45,8 @@ class KnnMonitor:
 
     def __call__(self, backbone: nn.Module) -> float:
         """kNN top-1 of `backbone`; its query features are kept for `last_embeddings`."""
-        from pipeline.eval.features import extract_features, knn_top1
+        from pipeline.eval.features import extract_features
+        from pipeline.eval.knn import knn_top1
 
         bank_x, bank_y, query_x, query_y = self._load()
         bank = extract_features(backbone, bank_x, self.augment, device=self.device)

@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import Config, validate_training
 from pipeline.tracking import (
     RunRef,
     client_for,
@@ -95,6 +95,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
     from pipeline.train.worker import ray_entry
 
     t_start = time.monotonic()
+    validate_training(cfg)  # e.g. data.train="" named here, not as ": no manifest.json"
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
                    tags=provenance_tags(cfg.data.train, manifest.sha256),

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from pipeline.config import AugmentConfig
-from pipeline.eval.features import (extract_features, knn_top1, linear_probe, load_labelled,
-                               pixel_features)
+from pipeline.eval.features import extract_features, load_labelled, pixel_features
+from pipeline.eval.knn import knn_top1
+from pipeline.eval.probe import linear_probe
 from pipeline.shards.fmnist import load_fashion_mnist
 from pipeline.shards.writer import write_shards
 from pipeline.storage import Storage
@@ -51,7 +52,7 @@ def test_knn_chunking_gives_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> 
     bank, query = rng.normal(size=(40, 6)), rng.normal(size=(25, 6))
     bank_y, query_y = rng.integers(0, 4, 40), rng.integers(0, 4, 25)
     whole = knn_top1(bank, bank_y, query, query_y, k=7, t=0.2)
-    monkeypatch.setattr("pipeline.eval.features.KNN_CHUNK_ELEMENTS", 40 * 3)  # 3 queries per chunk
+    monkeypatch.setattr("pipeline.eval.knn.KNN_CHUNK_ELEMENTS", 40 * 3)  # 3 queries per chunk
     assert knn_top1(bank, bank_y, query, query_y, k=7, t=0.2) == whole
 
 

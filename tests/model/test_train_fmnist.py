@@ -19,7 +19,8 @@ import torch
 
 from pipeline.augment import BatchAugment, two_views
 from pipeline.config import AugmentConfig, MocoConfig
-from pipeline.eval.features import extract_features, knn_top1
+from pipeline.eval.features import extract_features
+from pipeline.eval.knn import knn_top1
 from pipeline.model import MoCo, small_cnn
 from pipeline.shards.fmnist import load_fashion_mnist
 

@@ -58,7 +58,7 @@ def _knn_score() -> Any:
     """score(model_uri): real kNN top-1 of the registered module on separable toy data."""
     import mlflow.pytorch
 
-    from pipeline.eval.features import knn_top1
+    from pipeline.eval.knn import knn_top1
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 20)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.eval.features import extract_features, knn_top1, load_labelled
+from pipeline.eval.features import extract_features, load_labelled
+from pipeline.eval.knn import knn_top1
 from pipeline.model import small_cnn
 from pipeline.storage import Storage
 from pipeline.train.monitor import KnnMonitor

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.config import MocoConfig, ModelConfig
 from pipeline.model import MoCo, build_encoder
+from pipeline.train.export import save_encoder_safetensors
 from pipeline.train.warm_start import warm_start
 from pipeline.train.worker import select_shards
 
@@ -36,11 +37,8 @@ def _moco(seed: int) -> MoCo:
 
 
 def test_warm_start_loads_the_backbone_into_both_encoders(tmp_path: Path) -> None:
-    import mlflow.pytorch
-
     source = _moco(1)
-    path = str(tmp_path / "backbone")
-    mlflow.pytorch.save_model(source.backbone, path, serialization_format="pickle")  # as log_encoder
+    path = save_encoder_safetensors(source.backbone, str(tmp_path / "encoder.safetensors"))
     target = _moco(2)
     before = {k: v.clone() for k, v in target.encoder_q.state_dict().items()}
     warm_start(target, path)
@@ -51,10 +49,7 @@ def test_warm_start_loads_the_backbone_into_both_encoders(tmp_path: Path) -> Non
 
 
 def test_warm_start_rejects_another_architecture(tmp_path: Path) -> None:
-    import mlflow.pytorch
-
     other = build_encoder(ModelConfig(arch="resnet18", small_images=True, width=8), 1)
-    path = str(tmp_path / "other")
-    mlflow.pytorch.save_model(other, path, serialization_format="pickle")
+    path = save_encoder_safetensors(other, str(tmp_path / "other.safetensors"))
     with pytest.raises((ValueError, RuntimeError), match="init_from|size mismatch"):
         warm_start(_moco(3), path)

@@ -24,15 +24,13 @@ import uuid
 from typing import Any
 
 from pipeline.config import Config, from_dict
+from pipeline.envvars import forwarded_env
 from pipeline.tracking import (RunRef, client_for, finish_run, open_run, provenance_tags,
                                run_url)
+from pipeline.train.preflight import preflight
 
 log = logging.getLogger(__name__)
 
-# Forwarded to the workers when attaching to an existing cluster (never logged anywhere).
-WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-              "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
-              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 FAULT_ENV = "MOCOPIPE_FAULT"  # test-only: "RANK:STEP:MARKER" (see loop._fault_hook)
 
 
@@ -63,7 +61,7 @@ def init_ray(cfg: Config) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": True}
     in_ray_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
     if not in_ray_job:  # a Ray job already carries its runtime_env
-        env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+        env = forwarded_env()  # settings only, never credentials (pipeline/envvars.py)
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
     ray.init(address=address, **kwargs)
@@ -111,6 +109,7 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
+    preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
                    tags=provenance_tags(cfg.data.train, manifest.sha256))

@@ -149,44 +149,43 @@ def check_init_from(cfg: Config, client: Any) -> None:
 # ----------------------------------------------------------------------------- placement
 
 
-def demands(cfg: Config) -> tuple[dict[str, float], dict[str, float]]:
-    """(one train worker's bundle, one reader's bundle) of Ray resources."""
-    worker = {"CPU": cfg.ray.cpus_per_worker, **cfg.ray.resources_per_worker}
-    if cfg.ray.use_gpu:
-        worker.setdefault("GPU", 1.0)
-    reader = {"CPU": cfg.ingest.reader_num_cpus, **cfg.ingest.reader_resources}
-    return worker, reader
+def demands(cfg: Config) -> list[tuple[str, str, str, float, int]]:
+    """(what, resource, config key, amount per actor, actors) for every Ray resource asked."""
+    r, i = cfg.ray, cfg.ingest
+    workers, readers = r.num_workers, r.num_workers * i.readers_per_worker
+    out = [("train worker", "CPU", "ray.cpus_per_worker", r.cpus_per_worker, workers)]
+    if r.use_gpu and "GPU" not in r.resources_per_worker:
+        out.append(("train worker", "GPU", "ray.use_gpu", 1.0, workers))
+    out += [("train worker", k, f"ray.resources_per_worker.{k}", v, workers)
+            for k, v in r.resources_per_worker.items()]
+    out.append(("reader", "CPU", "ingest.reader_num_cpus", i.reader_num_cpus, readers))
+    out += [("reader", k, f"ingest.reader_resources.{k}", v, readers)
+            for k, v in i.reader_resources.items()]
+    return out
 
 
 def check_placement(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
-    """Every worker and reader fits: each bundle on some node, and the totals on the cluster.
+    """Every worker and reader fits: each one on some node, and all of them on the cluster.
 
     nodes: the total resources of each alive node (`ray.nodes()[i]["Resources"]`).
     """
-    worker, reader = demands(cfg)
-    n_workers = cfg.ray.num_workers
-    n_readers = n_workers * cfg.ingest.readers_per_worker
     total: dict[str, float] = {}
     for node in nodes:
         for k, v in node.items():
             total[k] = total.get(k, 0.0) + float(v)
-    for what, key, bundle, count in (
-            ("train worker", "ray.num_workers", worker, n_workers),
-            ("reader", "ingest.readers_per_worker", reader, n_readers)):
-        for res, amount in bundle.items():
-            if amount <= 0:
-                continue
-            if not any(float(n.get(res, 0.0)) >= amount for n in nodes):
-                raise PreflightError(
-                    f"{key}: no node of the Ray cluster offers {amount:g} {res} for one {what} "
-                    f"(cluster total: {total.get(res, 0.0):g} {res})")
-    for res in set(worker) | set(reader):
-        need = n_workers * worker.get(res, 0.0) + n_readers * reader.get(res, 0.0)
+    asked = [d for d in demands(cfg) if d[3] > 0]
+    for what, res, key, amount, _count in asked:
+        if not any(float(n.get(res, 0.0)) >= amount for n in nodes):
+            raise PreflightError(f"{key}: no node of the Ray cluster offers {amount:g} {res} for "
+                                 f"one {what} (cluster total: {total.get(res, 0.0):g} {res})")
+    for res in sorted({d[1] for d in asked}):
+        parts = [d for d in asked if d[1] == res]
+        need = sum(d[3] * d[4] for d in parts)
         if need > total.get(res, 0.0) + 1e-9:
+            detail = " + ".join(f"{d[4]} {d[0]}s x {d[3]:g}" for d in parts)
             raise PreflightError(
-                f"ray.num_workers / ingest.readers_per_worker: {n_workers} workers x "
-                f"{worker.get(res, 0.0):g} + {n_readers} readers x {reader.get(res, 0.0):g} "
-                f"= {need:g} {res}, but the Ray cluster has {total.get(res, 0.0):g} {res}")
+                f"ray.num_workers / ingest.readers_per_worker: {detail} = {need:g} {res}, but "
+                f"the Ray cluster has {total.get(res, 0.0):g} {res}")
 
 
 def cluster_nodes(address: str) -> list[dict[str, float]] | None:

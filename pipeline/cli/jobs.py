@@ -160,14 +160,15 @@ def _cmd_schedule_install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.orchestrate import cron as schedule
-    from pipeline.orchestrate.submit import PROJECT_ROOT
+    from pipeline.orchestrate.submit import PROJECT_ROOT, is_checkout
 
     name = load_config(args.config).train.name
     logs = Path.home() / ".mocopipe" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).with_name("mocopipe")
     mocopipe = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
-    cmd = schedule.nightly_command(args.config, root=PROJECT_ROOT, mocopipe=mocopipe,
+    root = PROJECT_ROOT if is_checkout() else Path.home()  # installed: no checkout to cd into
+    cmd = schedule.nightly_command(args.config, root=root, mocopipe=mocopipe,
                                    env_file=args.env_file, address=args.address,
                                    log_file=str(logs / f"nightly-{name}.log"))
     if args.systemd:

@@ -128,7 +128,16 @@ def check_init_from(cfg: Config, client: Any) -> None:
                 version = client.get_model_version_by_alias(name, alias)
             else:
                 name, _, number = ref.partition("/")
-                version = client.get_model_version(name, number)
+                if number == "latest":
+                    found = client.search_model_versions(f"name='{name}'")
+                    if not found:
+                        raise PreflightError(f"train.init_from: {uri}: model {name!r} has no "
+                                             "versions in MLflow")
+                    version = max(found, key=lambda v: int(v.version))
+                elif not number.isdigit():
+                    return  # a (deprecated) stage name: left to MLflow on the workers
+                else:
+                    version = client.get_model_version(name, number)
             run_id = version.run_id
         else:  # runs:/RUN_ID/PATH
             run_id, _, path = uri[len("runs:/"):].partition("/")

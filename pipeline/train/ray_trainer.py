@@ -102,6 +102,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray; return the JSON-able summary (see `summarize`)."""
+    preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -109,7 +110,6 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
-    preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
                    tags=provenance_tags(cfg.data.train, manifest.sha256))

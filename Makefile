@@ -8,7 +8,8 @@ PY      := $(VENV)/bin/python
 MOCO    := $(VENV)/bin/mocopipe
 STAMP   := $(VENV)/.mocopipe-installed
 # torch is pinned on the same pip line as the package, so pip resolves the CPU build
-# available here instead of fetching a CUDA one (pyproject keeps a range for GPU hosts).
+# available here instead of fetching a CUDA one (pyproject keeps a range for GPU hosts);
+# constraints.txt is the tested set of every other dependency.
 TORCH   := torch==2.13.0
 SYSDEPS := dataset-fashion-mnist chromium chromium-driver
 
@@ -18,10 +19,10 @@ all: test
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mocopipe needs Python >= 3.11; run: make PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check $(TORCH) -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -c constraints.txt $(TORCH) -e '.[test,dev]'
 	@touch $@
 
 # Debian packages: Fashion-MNIST (demo data) and Chromium + driver (MLflow UI browser tests).

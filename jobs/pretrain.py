@@ -1,6 +1,6 @@
 """Ray job entrypoint: one MoCo v2 pretraining run.
 
-    python -m jobs.pretrain --config jobs/configs/demo.toml [--set train.max_steps=20]
+    python -m jobs.pretrain --config demo [--set train.max_steps=20]
                             [--resume RUN]
 
 Submitted by `mocopipe submit CONFIG`; also runs as is on any machine that reaches the
@@ -20,7 +20,7 @@ from pipeline.config import load_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.pretrain",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="TOML config (a path inside the project)")
+    parser.add_argument("--config", required=True, help="TOML config: a path, or a shipped name (demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     parser.add_argument("--resume", default=None, help="MLflow run id or run name to continue")

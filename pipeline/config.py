@@ -226,15 +226,35 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
+def shipped_configs() -> dict[str, str]:
+    """`{name: TOML text}` of the configs shipped in the package (jobs/configs/*.toml)."""
+    from importlib.resources import files
+
+    folder = files("jobs").joinpath("configs")
+    return {Path(f.name).stem: f.read_text() for f in folder.iterdir()
+            if f.name.endswith(".toml")}
+
+
+def config_source(config: str | Path) -> tuple[str, str]:
+    """(name, TOML text) of `config`: a TOML file's path, or a shipped config's name ("demo")."""
+    p = Path(config)
+    if p.is_file():
+        return p.stem, p.read_text()
+    shipped = shipped_configs() if p.suffix == "" and len(p.parts) == 1 else {}
+    if str(config) in shipped:
+        return str(config), shipped[str(config)]
+    raise ConfigError(f"config file: {str(config)!r} does not exist (nor is it a shipped config: "
+                      f"{', '.join(sorted(shipped_configs()))})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read TOML (or start from defaults), apply `section.key=value` overrides, validate."""
+    """Read TOML (a path or a shipped config's name; None = defaults), apply `section.key=value`
+    overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file: {str(path)!r} does not exist")
+        _name, text = config_source(path)
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file: {str(path)!r} is not valid TOML: {exc}") from exc
     for item in overrides or []:
@@ -446,6 +466,7 @@ def validate(cfg: Config) -> None:
     _need(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0 (0 = no cap)")
     _need(t.per_worker_batch >= 2, "train.per_worker_batch", t.per_worker_batch, "must be >= 2")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+    _need(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     _need(t.max_nonfinite >= 0, "train.max_nonfinite", t.max_nonfinite, "must be >= 0")
     _need(t.init_from == "" or t.init_from.startswith(("models:/", "runs:/")), "train.init_from",
           t.init_from, "must be '' or an MLflow model URI (models:/NAME/VERSION, "

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.envvars import SECRET_ENV
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -33,8 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "mocopipe.run_name"
-SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                   "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+SECRET_ENV_VARS = SECRET_ENV  # the one list: pipeline/envvars.py
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
@@ -252,9 +253,14 @@ def git_sha(root: str | os.PathLike[str] | None = None) -> str:
                                 "--untracked-files=no"], capture_output=True, text=True,
                                timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if not sha:
-        return "unknown"
+        sha = ""
+    if not sha:  # an installed package, not a checkout: its version is the provenance
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"mocopipe-{version('mocopipe')}"
+        except PackageNotFoundError:
+            return "unknown"
     return f"{sha}-dirty" if dirty else sha
 
 

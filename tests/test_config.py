@@ -162,3 +162,19 @@ def test_console_script_exits_non_zero_with_one_line_on_a_bad_key() -> None:
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines() == [
         res.stderr.strip()] and "optim.lrr: unknown key" in res.stderr
+
+
+def test_shipped_configs_load_by_name_and_a_file_wins(tmp_path: Path, monkeypatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert load_config("demo") == load_config(root / "jobs" / "configs" / "demo.toml")
+    assert load_config("imagenet_r50").ray.resources_per_worker == {"trainer": 1.0}
+    with pytest.raises(ConfigError, match=r"'demo2' does not exist .*demo, imagenet_r50"):
+        load_config("demo2")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text('[train]\nname = "local-file"\n')
+    assert load_config("demo").train.name == "local-file"  # an existing path is a path
+
+
+def test_negative_seed_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"^train.seed: -1 must be >= 0"):
+        load_config(None, ["train.seed=-1"])

@@ -23,11 +23,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mocopipe",
         description="Distributed MoCo v2 pretraining: S3 shards -> Ray readers -> Ray Train -> MLflow",
     )
+    parser.add_argument("--version", action="version", version=f"mocopipe {_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for add in (config.add_config, stack.add_stack, shards.add_shards, train.add_train,
                 bench.add_bench, jobs.add_jobs, evaluate.add_evaluate):
         add(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mocopipe")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -39,9 +50,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from pipeline.stack.procs import StackError
     from pipeline.storage import StorageError
     from pipeline.tracking import TrackingError
+    from pipeline.train.preflight import PreflightError
 
     return (ConfigError, ManifestError, StorageError, StackError, TrackingError, JobsError,
-            ScheduleError, FileNotFoundError, PermissionError)
+            ScheduleError, PreflightError, FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ def add_set(p: argparse.ArgumentParser, *, what: str = "SECTION.KEY=VALUE") -> N
 def config_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """A positional CONFIG (a TOML path or a shipped config's name) plus `--set`."""
     if required:
-        p.add_argument("config", help="TOML config, e.g. jobs/configs/demo.toml")
+        p.add_argument("config", help="TOML config: a path, or a shipped name (demo, imagenet_r50)")
     else:
         p.add_argument("config", nargs="?", default=None, help="TOML config")
     add_set(p)
@@ -31,4 +31,5 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
                    help="Ray dashboard URL, e.g. http://HEAD:8265 (default: ray.address, RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="stream the job's logs; exit with its status")
     p.add_argument("--no-forward-env", action="store_true",
-                   help="do not pass this shell's AWS_*/MLFLOW_* values (the cluster has its own)")
+                   help="forward none of this shell's settings (endpoints, region, tracking URI); "
+                        "credentials are never forwarded unless `submit --forward-secrets`")

@@ -13,9 +13,12 @@ from pipeline.config import ConfigError, load_config
 
 def add_jobs(sub: Any) -> None:
     """submit, jobs ls|logs|stop, nightly, schedule install|ls|remove."""
-    p = sub.add_parser("submit", help="run a job on a Ray cluster (ships this project)")
+    p = sub.add_parser("submit", help="run a job on a Ray cluster (CONFIG: a path or a shipped name)")
     config_args(p)
     cluster_args(p)
+    p.add_argument("--forward-secrets", action="store_true",
+                   help="ALSO copy this shell's credentials (AWS keys, MLflow password/token) "
+                        "into the job's runtime_env, where the dashboard shows them (warned)")
     p.add_argument("--submission-id", default=None, help="job id (default: Ray generates one)")
     p.add_argument("--module", default="jobs.pretrain",
                    help="entrypoint module run as `python -m MODULE --config ...`")
@@ -77,18 +80,28 @@ def _wait_for(client: Any, sid: str, started: float) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    import os
     import time
 
+    from pipeline.envvars import forwarded_names
     from pipeline.orchestrate import submit as jobs
 
     cfg = load_config(args.config, args.overrides)  # a bad config never reaches the cluster
+    if args.module == "jobs.pretrain":
+        from pipeline.train.preflight import preflight
+
+        # One-line errors before the cluster; the placement check runs in the job's driver.
+        preflight(cfg, ray_address=args.address or None, placement=False)
     client = jobs.connect(args.address or cfg.ray.address or None)
-    names = () if args.no_forward_env else jobs.FORWARDED_ENV
+    names = () if args.no_forward_env else forwarded_names(secrets=args.forward_secrets)
     spec = jobs.JobSpec(module=args.module, config=args.config, overrides=args.overrides)
     started = time.time()
     sid = jobs.submit(client, spec, submission_id=args.submission_id, env_names=names)
-    print(f"submitted {sid}: {jobs.build_entrypoint(spec)}\n  "
-          f"{jobs.describe_runtime_env(jobs.build_runtime_env(env_names=names))}", flush=True)
+    shown = ", ".join(n for n in names if os.environ.get(n)) or "none"
+    code = ("this checkout's pipeline/ and jobs/ (py_modules)" if jobs.is_checkout()
+            else "the mocopipe installed on the cluster")
+    print(f"submitted {sid}: {jobs.build_entrypoint(spec)}\n  code: {code}; "
+          f"env_vars: [{shown}] + MOCOPIPE_GIT_SHA", flush=True)
     return _wait_for(client, sid, started) if args.wait else 0
 
 
@@ -147,14 +160,15 @@ def _cmd_schedule_install(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.orchestrate import cron as schedule
-    from pipeline.orchestrate.submit import PROJECT_ROOT
+    from pipeline.orchestrate.submit import PROJECT_ROOT, is_checkout
 
     name = load_config(args.config).train.name
     logs = Path.home() / ".mocopipe" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).with_name("mocopipe")
     mocopipe = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
-    cmd = schedule.nightly_command(args.config, root=PROJECT_ROOT, mocopipe=mocopipe,
+    root = PROJECT_ROOT if is_checkout() else Path.home()  # installed: no checkout to cd into
+    cmd = schedule.nightly_command(args.config, root=root, mocopipe=mocopipe,
                                    env_file=args.env_file, address=args.address,
                                    log_file=str(logs / f"nightly-{name}.log"))
     if args.systemd:

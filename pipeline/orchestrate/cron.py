@@ -141,10 +141,16 @@ def nightly_command(config: str, *, root: Path, mocopipe: list[str], env_file: s
                     address: str | None = None, log_file: str | None = None) -> str:
     """The shell command a schedule runs: load the env file (credentials stay in it), then
     `mocopipe nightly CONFIG --wait` against the configured cluster, appending to a log."""
+    from pipeline.config import shipped_configs
+
     cfg = Path(config).resolve()
-    if not cfg.is_file():
+    if cfg.is_file():
+        target = str(cfg)
+    elif config in shipped_configs():  # a shipped config's name stays a name
+        target = config
+    else:
         raise ScheduleError(f"config {config!r} does not exist")
-    argv = [*mocopipe, "nightly", str(cfg), "--wait"]
+    argv = [*mocopipe, "nightly", target, "--wait"]
     if address:
         argv += ["--address", address]
     parts = [f"cd {shlex.quote(str(root))}"]

@@ -1,10 +1,14 @@
-"""Ray Jobs: submit the project to a Ray cluster, list, tail and stop its jobs.
+"""Ray Jobs: submit a config to a Ray cluster, list, tail and stop its jobs.
 
-A job ships this project as its `working_dir` (without .venv, state, data, git or the
-git-ignored `infra/.env`) and runs `python -m jobs.<module> --config <path inside the
-project> [--set ...]`. Storage and MLflow settings travel as runtime_env `env_vars`, copied
-BY NAME from the submitter's environment (`FORWARDED_ENV`): their values are never printed
-or logged here (`describe_runtime_env` shows names only).
+A job's `working_dir` is a fresh folder holding only the resolved config (`CONFIG_FILE`, the
+TOML text of a path from anywhere or of a shipped config's name); the entrypoint is
+`python -m jobs.<module> --config mocopipe-job.toml [--set ...]`. The code the job runs is
+the mocopipe installed on the cluster (its image), or, when submitted from a source
+checkout, that checkout's `pipeline/` and `jobs/` packages shipped as `py_modules`.
+
+Environment: only the non-secret settings of `pipeline.envvars` (endpoints, region,
+tracking URI) travel as runtime_env `env_vars`; credentials stay on the nodes unless the
+submitter passes `--forward-secrets` (warned). `describe_runtime_env` shows names only.
 
 Ray 2.60 token auth: the dashboard answers 401 without `authorization: Bearer <token>`.
 The token comes from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, the local
@@ -17,6 +21,7 @@ import asyncio
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,23 +32,18 @@ from typing import Any, TextIO
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
+from pipeline.config import config_source
 from pipeline.tracking import git_sha
+from pipeline.envvars import SETTINGS_ENV, forwarded_env
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a checkout, or site-packages when installed
+CONFIG_FILE = "mocopipe-job.toml"  # the resolved config, alone in the job's working_dir
 
-# gitignore-style patterns relative to the project root (Ray's runtime_env `excludes`).
-PROJECT_EXCLUDES = [
-    "/.venv/", "/.mocopipe/", "/data/", "/.git/", "/out/", "/build/", "/dist/",
-    "/test-output/", "/.pytest_cache/", "__pycache__/", "*.pyc", "*.egg-info/",
-    "/infra/.env",
-]
+# gitignore-style patterns for the shipped checkout packages (Ray's runtime_env `excludes`).
+CODE_EXCLUDES = ["__pycache__/", "*.pyc", "*.egg-info/"]
 
-# Settings a job needs from the submitter's environment, forwarded by name when set.
-FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL",
-)
+# The settings a job gets from the submitter's environment (names; values never shown).
+FORWARDED_ENV: tuple[str, ...] = SETTINGS_ENV
 
 EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.STOPPED: 3}
 
@@ -54,10 +54,10 @@ class JobsError(RuntimeError):
 
 @dataclass
 class JobSpec:
-    """What a job runs: `python -m <module> --config <config> [--set o]... [extra_args]`."""
+    """What a job runs: `python -m <module> --config CONFIG_FILE [--set o]... [extra_args]`."""
 
     module: str  # e.g. "jobs.pretrain"
-    config: str  # path to the TOML config; must lie inside the project (it is shipped)
+    config: str  # a TOML path (anywhere) or a shipped config's name ("demo")
     overrides: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     python: str = "python"
@@ -66,38 +66,49 @@ class JobSpec:
 # ----------------------------------------------------------------------------- project facts
 
 
-def config_relpath(config: str, root: Path = PROJECT_ROOT) -> str:
-    """The config's path relative to the project root, as the job will see it."""
-    path = Path(config).resolve()
-    try:
-        return path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise JobsError(f"config {config!r} lies outside the project {root}; a job only "
-                        "sees the shipped project, so put the config under jobs/configs/") from None
+def is_checkout(root: Path = PROJECT_ROOT) -> bool:
+    """True when `root` is a source checkout (pyproject.toml next to pipeline/ and jobs/)."""
+    return all((root / part).exists() for part in ("pyproject.toml", "pipeline", "jobs"))
 
 
-def build_entrypoint(spec: JobSpec, root: Path = PROJECT_ROOT) -> str:
-    """The shell command Ray runs in the shipped working_dir (every part shell-quoted)."""
-    argv = [spec.python, "-m", spec.module, "--config", config_relpath(spec.config, root)]
+
+def build_entrypoint(spec: JobSpec) -> str:
+    """The shell command Ray runs in the job's working_dir (every part shell-quoted)."""
+    argv = [spec.python, "-m", spec.module, "--config", CONFIG_FILE]
     for item in spec.overrides:
         argv += ["--set", item]
     argv += spec.extra_args
     return shlex.join(argv)
 
 
-def build_runtime_env(*, root: Path = PROJECT_ROOT, env_names: Sequence[str] = FORWARDED_ENV,
+def stage_config(spec: JobSpec, job_dir: Path) -> str:
+    """Write the resolved config of `spec` into `job_dir/CONFIG_FILE`; return its name."""
+    name, text = config_source(spec.config)
+    (job_dir / CONFIG_FILE).write_text(text)
+    return name
+
+
+def build_runtime_env(job_dir: Path, *, root: Path = PROJECT_ROOT,
+                      env_names: Sequence[str] = FORWARDED_ENV,
                       sha: str | None = None) -> dict[str, Any]:
-    """working_dir = the project minus PROJECT_EXCLUDES; env_vars = the named variables that
-    are set here (values copied, never shown), plus MOCOPIPE_GIT_SHA."""
-    env = {name: os.environ[name] for name in env_names if os.environ.get(name)}
+    """working_dir = `job_dir` (the staged config); py_modules = the checkout's packages
+    when `root` is a checkout; env_vars = the named variables set here (values copied,
+    never shown; credentials only when named, with a warning) plus MOCOPIPE_GIT_SHA."""
+    env = forwarded_env(env_names)
     env["MOCOPIPE_GIT_SHA"] = sha or git_sha(root)
-    return {"working_dir": str(root), "excludes": list(PROJECT_EXCLUDES), "env_vars": env}
+    runtime_env: dict[str, Any] = {"working_dir": str(job_dir), "env_vars": env}
+    if is_checkout(root):
+        runtime_env["py_modules"] = [str(root / "pipeline"), str(root / "jobs")]
+        runtime_env["excludes"] = list(CODE_EXCLUDES)
+    return runtime_env
 
 
 def describe_runtime_env(runtime_env: dict[str, Any]) -> str:
     """A printable summary: the env var NAMES only, never their values."""
     names = ", ".join(sorted(runtime_env.get("env_vars", {}))) or "none"
-    return f"working_dir={runtime_env.get('working_dir')} env_vars=[{names}]"
+    code = ("py_modules=" + ",".join(runtime_env["py_modules"]) if "py_modules" in runtime_env
+            else "code=the mocopipe installed on the cluster")
+    return f"{code} env_vars=[{names}]"
 
 
 # ----------------------------------------------------------------------------- auth + client
@@ -196,15 +207,18 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 def submit(client: JobSubmissionClient, spec: JobSpec, *, submission_id: str | None = None,
            metadata: dict[str, str] | None = None, root: Path = PROJECT_ROOT,
            env_names: Sequence[str] = FORWARDED_ENV) -> str:
-    """Submit `spec`; returns the submission id. Metadata always carries the config name
-    (the config file's stem) and the git sha."""
+    """Submit `spec` (its config staged into a temporary working_dir, uploaded by Ray);
+    returns the submission id. Metadata always carries the config name and the git sha."""
     sha = git_sha(root)
-    meta = {"mocopipe.config": Path(spec.config).stem, "mocopipe.git_sha": sha,
-            "mocopipe.module": spec.module, **(metadata or {})}
-    return _call(f"submitting {spec.module}", client.submit_job,
-                 entrypoint=build_entrypoint(spec, root), submission_id=submission_id,
-                 runtime_env=build_runtime_env(root=root, env_names=env_names, sha=sha),
-                 metadata={k: str(v) for k, v in meta.items()})
+    with tempfile.TemporaryDirectory(prefix="mocopipe-job-") as tmp:
+        name = stage_config(spec, Path(tmp))
+        meta = {"mocopipe.config": name, "mocopipe.git_sha": sha,
+                "mocopipe.module": spec.module, **(metadata or {})}
+        return _call(f"submitting {spec.module}", client.submit_job,
+                     entrypoint=build_entrypoint(spec), submission_id=submission_id,
+                     runtime_env=build_runtime_env(Path(tmp), root=root, env_names=env_names,
+                                                   sha=sha),
+                     metadata={k: str(v) for k, v in meta.items()})
 
 
 def job_info(client: JobSubmissionClient, submission_id: str) -> JobDetails | None:

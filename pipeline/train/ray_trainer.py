@@ -35,14 +35,11 @@ from pipeline.tracking import (
     provenance_tags,
     run_url,
 )
+from pipeline.envvars import forwarded_env
+from pipeline.train.preflight import preflight
 from pipeline.train.worker import WrapServices
 
 log = logging.getLogger(__name__)
-
-# Forwarded to the workers when attaching to an existing cluster (never logged anywhere).
-WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-              "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
-              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class StopFlag:
@@ -72,7 +69,7 @@ def init_ray(cfg: Config) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": True}
     in_ray_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
     if not in_ray_job:  # a Ray job already carries its runtime_env
-        env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+        env = forwarded_env()  # settings only, never credentials (pipeline/envvars.py)
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
     ray.init(address=address, **kwargs)
@@ -86,6 +83,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
     total_steps, loss, knn_top1, registered_model, model_version, mlflow_url, stopped,
     wall_s, first_step_s). wrap_services(services, rank) wraps each worker's services
     (e.g. to inject faults in a test); it must be picklable."""
+    preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

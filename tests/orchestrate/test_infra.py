@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +134,77 @@ def test_env_example_has_no_values_for_secrets_and_env_is_ignored() -> None:
     assert "infra/.env" in gitignore
 
 
-def test_dockerfile_cpu_default_and_cuda_build_arg() -> None:
+def dockerfile_bases(text: str) -> dict[str, tuple[str, str, str]]:
+    """{stage name: (ray version, python tag, platform)} of every `FROM rayproject/ray:...`
+    stage, with the ARG defaults declared before the first FROM substituted."""
+    args: dict[str, str] = {}
+    out: dict[str, tuple[str, str, str]] = {}
+    for line in text.splitlines():
+        if m := re.match(r"^ARG (\w+)=(\S+)", line):
+            args.setdefault(m.group(1), m.group(2))
+        if m := re.match(r"^FROM (\S+)(?: AS (\S+))?", line, re.I):
+            image = re.sub(r"\$\{(\w+)\}", lambda a: args[a.group(1)], m.group(1))
+            if image.startswith("rayproject/ray:"):
+                ray, py, platform = image.split(":", 1)[1].split("-", 2)
+                out[m.group(2) or image] = (ray, py, platform)
+    return out
+
+
+def test_dockerfile_cpu_and_cuda_share_python_and_ray() -> None:
     text = (INFRA / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=python:3\.11", text, re.M)
-    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    bases = dockerfile_bases(text)
+    assert set(bases) == {"base-cpu", "base-cuda"}, bases
+    (ray_cpu, py_cpu, plat_cpu), (ray_gpu, py_gpu, plat_gpu) = bases["base-cpu"], bases["base-cuda"]
+    assert (ray_cpu, py_cpu) == (ray_gpu, py_gpu), bases
+    assert plat_cpu == "cpu" and plat_gpu.startswith("cu"), bases
+    assert re.search(r"^FROM base-\$\{FLAVOR\} AS mocopipe", text, re.M)  # shared steps
+    assert re.search(r"^ARG FLAVOR=cpu", text, re.M)
+    # The image's Ray is the tested one, and its Python is the one the project runs on here.
+    tested = (INFRA.parent / "constraints.txt").read_text()
+    assert f"ray=={ray_cpu}\n" in tested
+    assert py_cpu == f"py{sys.version_info.major}{sys.version_info.minor}"
+    # The check can fail: a CUDA base on another Python is caught.
+    drifted = dockerfile_bases(text.replace("-${PYTHON_TAG}-cu", "-py312-cu"))
+    assert drifted["base-cpu"][1] != drifted["base-cuda"][1]
+
+
+def raycluster_nodes(doc: dict[str, Any]) -> list[dict[str, float]]:
+    """The Ray resources each pod of a RayCluster offers (CPU/GPU limits, custom resources)."""
+    def node(template: dict[str, Any], params: dict[str, str]) -> dict[str, float]:
+        limits = template["spec"]["containers"][0]["resources"]["limits"]
+        res = {"CPU": float(params.get("num-cpus", limits["cpu"])),
+               "GPU": float(limits.get("nvidia.com/gpu", 0))}
+        if "resources" in params:
+            res.update(json.loads(json.loads(params["resources"])))
+        return res
+
+    spec = doc["spec"]
+    head = spec["headGroupSpec"]
+    nodes = [node(head["template"], head["rayStartParams"])]
+    for group in spec["workerGroupSpecs"]:
+        nodes += [node(group["template"], group["rayStartParams"])] * group["replicas"]
+    return nodes
+
+
+def test_raycluster_places_the_imagenet_config() -> None:
+    from pipeline.config import load_config
+    from pipeline.train.preflight import PreflightError, check_placement
+
+    (doc,) = [d for w, d in k8s_docs() if w.startswith("raycluster.yaml")]
+    nodes = raycluster_nodes(doc)
+    cfg = load_config("imagenet_r50")
+    assert cfg.ray.resources_per_worker == {"trainer": 1.0}  # trainers on the GPU group
+    assert set(cfg.ingest.reader_resources) == {"reader"}  # readers on the CPU reader group
+    check_placement(cfg, nodes)
+    gpu_pods = [n for n in nodes if n["GPU"] > 0]
+    assert sum(n["GPU"] for n in gpu_pods) == cfg.ray.num_workers  # no idle, no missing GPU
+    assert all(n.get("reader", 0) == 0 for n in gpu_pods)
+    groups = {g["groupName"]: g for g in doc["spec"]["workerGroupSpecs"]}
+    for g in groups.values():  # autoscaling is off: what is declared is what runs
+        assert g["minReplicas"] == g["replicas"] == g["maxReplicas"]
+    bigger = load_config("imagenet_r50", ["ray.num_workers=16", "moco.queue_size=65536"])
+    with pytest.raises(PreflightError, match=r"^ray.num_workers"):  # 16 workers do not fit
+        check_placement(bigger, nodes)
 
 
 def _find(node: Any, key: str) -> list[Any]:

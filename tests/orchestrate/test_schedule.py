@@ -155,3 +155,10 @@ def test_cli_errors_are_one_line(home: Path, capsys) -> None:
     assert main(["schedule", "install", "--cron", "0 25 * * *", DEMO]) == 2
     assert "hour '25'" in capsys.readouterr().err
     assert main(["schedule", "install", "--cron", "0 2 * * *", str(home / "nope.toml")]) == 2
+
+
+def test_schedule_takes_a_shipped_config_name(home: Path) -> None:
+    cmd = schedule.nightly_command("demo", root=home, mocopipe=["mocopipe"])
+    assert cmd.endswith("mocopipe nightly demo --wait") and cmd.startswith(f"cd {home}")
+    with pytest.raises(schedule.ScheduleError, match="'no-such' does not exist"):
+        schedule.nightly_command("no-such", root=home, mocopipe=["mocopipe"])

@@ -323,6 +323,41 @@ class Storage:
             total = int(resp["ContentLength"]) + (start if content_range else 0)
         return resp["Body"], total
 
+    def get_range(self, uri: str, start: int, end: int) -> tuple[bytes, int, str]:
+        """One attempt at bytes [start, end) (clipped to the object's end), no retries.
+
+        Returns ``(data, total_size, version)``; `version` is the S3 ETag (local: size and
+        mtime), so a caller reading one object in several requests can tell that it changed.
+        """
+        if start < 0 or end <= start:
+            raise ValueError(f"get_range {uri}: bad range start={start} end={end}")
+        if not is_s3(uri):
+            try:
+                with open(uri, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    f.seek(start)
+                    return f.read(end - start), st.st_size, f"{st.st_size}-{st.st_mtime_ns}"
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(f"read {uri}: no such file") from exc
+            except OSError as exc:
+                raise StorageError(f"read {uri}: {exc}") from exc
+        bucket, key = split_s3(uri)
+        with self._errors(uri, "get_object"):
+            resp = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            data = resp["Body"].read()
+        total = int(str(resp.get("ContentRange") or "/0").rsplit("/", 1)[1])
+        return data, total, str(resp.get("ETag", ""))
+
+    def version(self, uri: str) -> str | None:
+        """The object's version tag as `get_range` reports it; None when it does not exist."""
+        if not is_s3(uri):
+            if not os.path.isfile(uri):
+                return None
+            st = os.stat(uri)
+            return f"{st.st_size}-{st.st_mtime_ns}"
+        resp = self._head(uri)
+        return None if resp is None else str(resp.get("ETag", ""))
+
     def exists(self, uri: str) -> bool:
         return self.size(uri) is not None
 

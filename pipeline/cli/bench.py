@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pipeline.cli.common import config_args
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, IngestConfig, load_config
 
 
 def add_bench(sub: Any) -> None:
@@ -26,6 +26,13 @@ def _add_bench_ingest(s: Any) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved passes of the CPU comparison")
     p.add_argument("--net-rounds", type=int, default=3, help="passes over the shards for MB/s")
     p.add_argument("--max-mb", type=float, default=1024, help="cap on shard MB per network pass")
+    p.add_argument("--load", type=int, default=0,
+                   help="CPU-bound processes of its own to run beside the measurement")
+    p.add_argument("--ranges", type=int, default=IngestConfig().stream_ranges,
+                   help="parallel ranged GETs per shard for our stream (the reader's "
+                   "ingest.stream_ranges)")
+    p.add_argument("--block-mb", type=int, default=IngestConfig().range_block_mb,
+                   help="bytes per ranged GET, MB (ingest.range_block_mb)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench_ingest)
 
@@ -34,7 +41,8 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from pipeline.bench.ingest import bench_ingest, format_report
 
     report = bench_ingest(args.dataset, samples=args.samples, size=args.size,
-                          rounds=args.rounds, max_mb=args.max_mb, net_rounds=args.net_rounds)
+                          rounds=args.rounds, max_mb=args.max_mb, net_rounds=args.net_rounds,
+                          load=args.load, ranges=args.ranges, block_mb=args.block_mb)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 

@@ -86,6 +86,7 @@ class IngestConfig:
     read_ahead_mb: int = 16  # network read-ahead buffer per reader
     stream_ranges: int = 4  # ranged GETs of one shard in flight at once (1: one sequential GET)
     range_block_mb: int = 4  # bytes per ranged GET
+    synthetic: bool = False  # pre-built uint8 batches, no reading (`bench pipeline`'s bare loop)
     max_corrupt_fraction: float = 0.01
 
 

@@ -15,6 +15,7 @@ def add_bench(sub: Any) -> None:
     s = p.add_subparsers(dest="bench_cmd", required=True)
     _add_bench_ingest(s)
     _add_bench_train(s)
+    _add_bench_pipeline(s)
 
 
 def _add_bench_ingest(s: Any) -> None:
@@ -80,4 +81,30 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad flag/config combination: one line, exit 2
         raise ConfigError(str(exc)) from exc
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def _add_bench_pipeline(s: Any) -> None:
+    p = s.add_parser("pipeline", help="steps/s of real training (S3 -> readers -> loader -> "
+                     "MoCo step) vs the same workers on in-memory batches, in one run")
+    config_args(p, required=True)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--steps", type=int, default=40, help="timed steps (default 40)")
+    p.add_argument("--workers", type=int, default=2, help="DDP workers (default 2)")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="steps per logged window; divides --warmup and --steps (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench_pipeline)
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.bench.pipeline import bench_pipeline, format_report
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        report = bench_pipeline(cfg, warmup=args.warmup, steps=args.steps,
+                                workers=args.workers, log_every=args.log_every)
+    except ValueError as exc:  # a bad flag/config combination: one line, exit 2
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps(report) if args.json else format_report(report))
     return 0

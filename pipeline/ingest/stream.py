@@ -128,7 +128,10 @@ class ReadAheadStream:
                 try:
                     if body is None:
                         if self.version is not None:  # (re)opening: same object as planned?
-                            self._check_version(self.storage.version(self.uri) or "", None)
+                            now = self.storage.version(self.uri)
+                            if now is None:
+                                raise ObjectNotFound(f"read {self.uri}: no such object")
+                            self._check_version(now, None)
                         body, total = self.storage.get_stream(self.uri, self._pos)
                         self.total_size = total
                     stop = self._stop_at()

@@ -84,7 +84,7 @@ class IngestConfig:
     batches_in_flight: int = 4  # per train worker, across its readers (backpressure bound)
     shuffle_window: int = 2048  # samples in each reader's seeded shuffle buffer
     read_ahead_mb: int = 16  # network read-ahead buffer per reader
-    stream_ranges: int = 4  # ranged GETs of one shard in flight at once (1: one sequential GET)
+    stream_ranges: int = 1  # ranged GETs of one shard in flight (1: one sequential GET; see README)
     range_block_mb: int = 4  # bytes per ranged GET
     synthetic: bool = False  # pre-built uint8 batches, no reading (`bench pipeline`'s bare loop)
     max_corrupt_fraction: float = 0.01

@@ -12,7 +12,8 @@ object with ranged GETs, ``ranges`` of them at once, and hands them over in orde
 longer the limit when the machine is loaded. Every block's version tag (ETag) must equal the
 first one's (and ``version`` when the caller gives it, e.g. from a shard's offsets index):
 an object replaced while it is read fails at once with `ObjectChanged`. ``end`` stops the
-stream early (a reader that needs only part of a shard).
+stream early (a reader that needs only part of a shard). A sequential stream checks the
+same with a HEAD when it opens and each time it resumes.
 
 Faults: a connection error, a 5xx (surfacing as `StorageError` once botocore's own retries
 are spent), or a body that ends before the object's size is a *transient* failure: the
@@ -30,7 +31,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from pipeline.storage import ObjectNotFound, Storage, StorageError
+from pipeline.storage import ObjectNotFound, Storage, StorageError, is_s3
 
 _EOF = object()
 _PERMANENT = ("denied", "does not exist", "no such", "missing bucket", "credentials")
@@ -65,8 +66,8 @@ class ReadAheadStream:
         ranges: parallel ranged GETs (1: one sequential GET, resumed by range on failure).
         block_bytes: size of each ranged GET (``ranges >= 2``).
         end: stop before this byte (None: the object's end).
-        version: the version tag the object must have (``ranges >= 2``; None: the first
-            response's tag, which every later request must then match).
+        version: the version tag the object must have (None: the first one seen, which
+            every later request or resume must then match).
 
     Attributes ``bytes_read`` (delivered by the network) and ``retries`` (resumptions) are
     updated by the background thread and may be read at any time.
@@ -127,11 +128,13 @@ class ReadAheadStream:
             while not self._stop.is_set():
                 try:
                     if body is None:
-                        if self.version is not None:  # (re)opening: same object as planned?
-                            now = self.storage.version(self.uri)
-                            if now is None:
-                                raise ObjectNotFound(f"read {self.uri}: no such object")
-                            self._check_version(now, None)
+                        # (re)opening: the first open records the version (or checks the
+                        # expected one), a resume after a failure checks it is the same object
+                        now = self.storage.version(self.uri)
+                        if now is None:
+                            what = "object" if is_s3(self.uri) else "file"
+                            raise ObjectNotFound(f"read {self.uri}: no such {what}")
+                        self._check_version(now, None)
                         body, total = self.storage.get_stream(self.uri, self._pos)
                         self.total_size = total
                     stop = self._stop_at()

@@ -42,7 +42,7 @@ def bench_config(cfg: Config, *, total: int, log_every: int, workers: int,
     raw["ingest"]["synthetic"] = synthetic
     raw["checkpoint"]["every_steps"] = 10 * total  # only the final one, after the timing
     raw["eval"]["every_epochs"] = 0
-    raw["data"]["eval_train"] = ""  # no kNN monitor (its feature pass is not a train step)
+    raw["data"].update(eval_train="", eval_test="")  # no kNN monitor: not a train step
     raw["mlflow"].update(experiment=f"{name}-bench", registered_model=f"{name}-bench-encoder")
     return from_dict(raw)
 

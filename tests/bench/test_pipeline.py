@@ -12,9 +12,8 @@ import pytest
 
 from tests.train.fixtures import REPO, TINY, Dataset, mlflow_client
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
+@pytest.mark.integration
+@pytest.mark.slow
 def test_bench_pipeline_reports_every_figure_from_two_real_runs(fmnist_tiny: Dataset) -> None:
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "pipeline", str(TINY), "--json",
            "--warmup", "2", "--steps", "4", "--log-every", "2",
@@ -40,3 +39,19 @@ def test_bench_pipeline_reports_every_figure_from_two_real_runs(fmnist_tiny: Dat
     for name in runs:  # windows at steps 2, 4, 6: the timed ones are 4 and 6
         history = client.get_metric_history(runs[name]["run_id"], "step_time")
         assert sorted(m.step for m in history) == [2, 4, 6]
+
+
+@pytest.mark.unit
+def test_bench_config_trains_the_configured_path_without_side_runs() -> None:
+    from pipeline.bench.pipeline import bench_config
+    from pipeline.config import load_config
+
+    cfg = load_config(str(REPO / "jobs" / "configs" / "demo.toml"))
+    bare = bench_config(cfg, total=60, log_every=10, workers=2, synthetic=True)
+    assert bare.ingest.synthetic and not cfg.ingest.synthetic
+    assert bare.train.max_steps == 60 and bare.train.log_every == 10
+    assert bare.data.eval_train == bare.data.eval_test == ""  # no kNN pass in the timing
+    assert bare.checkpoint.every_steps > 60 and bare.eval.every_epochs == 0
+    assert bare.mlflow.experiment == "demo-bench"
+    assert bare.mlflow.registered_model == "demo-bench-encoder"
+    assert bare.data.train == cfg.data.train and bare.model == cfg.model

@@ -72,7 +72,7 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
         spans.append((s - prev, v))
         prev = s
     seconds = sum(n * v for n, v in spans)
-    first_step, first_value, first_ts = times[0]
+    first_step, _, first_ts = times[0]
     first_step_s = summary.get("first_step_s")
     median = sorted(v for _, v in spans)[len(spans) // 2]
     return {

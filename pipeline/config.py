@@ -86,6 +86,9 @@ class IngestConfig:
     batches_in_flight: int = 4  # per train worker, across its readers (backpressure bound)
     shuffle_window: int = 2048  # samples in each reader's seeded shuffle buffer
     read_ahead_mb: int = 16  # network read-ahead buffer per reader
+    stream_ranges: int = 1  # ranged GETs of one shard in flight (1: one sequential GET; see README)
+    range_block_mb: int = 4  # bytes per ranged GET
+    synthetic: bool = False  # pre-built uint8 batches, no reading (`bench pipeline`'s bare loop)
     max_corrupt_fraction: float = 0.01
 
 
@@ -440,6 +443,8 @@ def validate(cfg: Config) -> None:
           "must be >= 1")
     _need(i.shuffle_window >= 1, "ingest.shuffle_window", i.shuffle_window, "must be >= 1")
     _need(i.read_ahead_mb >= 1, "ingest.read_ahead_mb", i.read_ahead_mb, "must be >= 1")
+    _need(i.stream_ranges >= 1, "ingest.stream_ranges", i.stream_ranges, "must be >= 1")
+    _need(i.range_block_mb >= 1, "ingest.range_block_mb", i.range_block_mb, "must be >= 1")
     _need(0.0 <= i.max_corrupt_fraction < 1.0, "ingest.max_corrupt_fraction",
           i.max_corrupt_fraction, "must be in [0, 1)")
     for k, v in i.reader_resources.items():

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pipeline.cli.common import config_args
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, IngestConfig, load_config
 
 
 def add_bench(sub: Any) -> None:
@@ -16,6 +16,7 @@ def add_bench(sub: Any) -> None:
     _add_bench_ingest(s)
     _add_bench_train(s)
     _add_bench_gpu(s)
+    _add_bench_pipeline(s)
 
 
 def _add_bench_ingest(s: Any) -> None:
@@ -27,6 +28,13 @@ def _add_bench_ingest(s: Any) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved passes of the CPU comparison")
     p.add_argument("--net-rounds", type=int, default=3, help="passes over the shards for MB/s")
     p.add_argument("--max-mb", type=float, default=1024, help="cap on shard MB per network pass")
+    p.add_argument("--load", type=int, default=0,
+                   help="CPU-bound processes of its own to run beside the measurement")
+    p.add_argument("--ranges", type=int, default=IngestConfig().stream_ranges,
+                   help="parallel ranged GETs per shard for our stream (the reader's "
+                   "ingest.stream_ranges)")
+    p.add_argument("--block-mb", type=int, default=IngestConfig().range_block_mb,
+                   help="bytes per ranged GET, MB (ingest.range_block_mb)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench_ingest)
 
@@ -35,7 +43,8 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from pipeline.bench.ingest import bench_ingest, format_report
 
     report = bench_ingest(args.dataset, samples=args.samples, size=args.size,
-                          rounds=args.rounds, max_mb=args.max_mb, net_rounds=args.net_rounds)
+                          rounds=args.rounds, max_mb=args.max_mb, net_rounds=args.net_rounds,
+                          load=args.load, ranges=args.ranges, block_mb=args.block_mb)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -92,3 +101,29 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> int:
         return gpu.run(args)
     except ValueError as exc:  # no GPU / a bad flag: one line, exit 2
         raise ConfigError(str(exc)) from exc
+
+
+def _add_bench_pipeline(s: Any) -> None:
+    p = s.add_parser("pipeline", help="steps/s of real training (S3 -> readers -> loader -> "
+                     "MoCo step) vs the same workers on in-memory batches, in one run")
+    config_args(p, required=True)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--steps", type=int, default=40, help="timed steps (default 40)")
+    p.add_argument("--workers", type=int, default=2, help="DDP workers (default 2)")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="steps per logged window; divides --warmup and --steps (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench_pipeline)
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.bench.pipeline import bench_pipeline, format_report
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        report = bench_pipeline(cfg, warmup=args.warmup, steps=args.steps,
+                                workers=args.workers, log_every=args.log_every)
+    except ValueError as exc:  # a bad flag/config combination: one line, exit 2
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

@@ -82,8 +82,14 @@ class Loader:
         kwargs = dict(storage=storage, data=data, augment=augment, ingest=ingest,
                       dataset_uri=dataset_uri, batch_size=plan.per_rank_batch)
         n = ingest.readers_per_worker
-        if use_ray:
-            self._readers: list[Any] = _start_actors(n, kwargs)
+        self._readers: list[Any]
+        if ingest.synthetic:  # `mocopipe bench pipeline`'s bare loop: pre-built batches, no I/O
+            from pipeline.ingest.synthetic import SyntheticReader
+
+            self.use_ray = False
+            self._readers = [SyntheticReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
+        elif use_ray:
+            self._readers = _start_actors(n, kwargs)
         else:
             self._readers = [ShardReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
 

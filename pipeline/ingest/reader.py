@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.augment import decode_image, decode_min_side, two_views
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
 from pipeline.ingest.order import SampleId, augment_rng, round_order, round_slices
-from pipeline.ingest.source import RawSample, StreamStats, read_slices
+from pipeline.ingest.source import RawSample, StreamOptions, StreamStats, read_slices
 from pipeline.shards.plan import ReaderPlan
 from pipeline.shards.sources import IMAGE_EXTS
 from pipeline.storage import Storage
@@ -120,11 +120,13 @@ class ShardReader:
         self._round = round_
         self._order = round_order(self.plan, round_, self.ingest.shuffle_window)
         needed = set(self._order[offset:])
-        self._source = read_slices(
-            self.storage, self.dataset_uri, round_slices(self.plan, round_), needed,
-            self._stats, read_ahead_bytes=self.ingest.read_ahead_mb * _MB,
-            max_retries=self.storage_cfg.max_retries,
-            backoff_s=self.storage_cfg.retry_backoff_s)
+        opts = StreamOptions(read_ahead_bytes=self.ingest.read_ahead_mb * _MB,
+                             max_retries=self.storage_cfg.max_retries,
+                             backoff_s=self.storage_cfg.retry_backoff_s,
+                             ranges=self.ingest.stream_ranges,
+                             block_bytes=self.ingest.range_block_mb * _MB)
+        self._source = read_slices(self.storage, self.dataset_uri,
+                                   round_slices(self.plan, round_), needed, self._stats, opts)
 
     def _take(self, position: int) -> tuple[SampleId, RawSample]:
         """The raw sample at emission ``position`` (reading ahead into the buffer as needed)."""

@@ -6,6 +6,15 @@ background thread does large reads (``chunk_bytes``, default 1 MiB) into a bound
 (``read_ahead_bytes`` in total, the memory bound), while the consumer parses; the network
 and the parser overlap.
 
+Parallel ranges (``ranges >= 2``): the thread instead fetches ``block_bytes`` blocks of the
+object with ranged GETs, ``ranges`` of them at once, and hands them over in order (memory:
+``read_ahead_bytes`` queued plus ``ranges`` blocks in flight). One TCP stream is then no
+longer the limit when the machine is loaded. Every block's version tag (ETag) must equal the
+first one's (and ``version`` when the caller gives it, e.g. from a shard's offsets index):
+an object replaced while it is read fails at once with `ObjectChanged`. ``end`` stops the
+stream early (a reader that needs only part of a shard). A sequential stream checks the
+same with a HEAD when it opens and each time it resumes.
+
 Faults: a connection error, a 5xx (surfacing as `StorageError` once botocore's own retries
 are spent), or a body that ends before the object's size is a *transient* failure: the
 thread waits ``backoff_s`` (doubling each consecutive failure, at most ``max_retries``
@@ -18,9 +27,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from pipeline.storage import ObjectNotFound, Storage, StorageError
+from pipeline.storage import ObjectNotFound, Storage, StorageError, is_s3
 
 _EOF = object()
 _PERMANENT = ("denied", "does not exist", "no such", "missing bucket", "credentials")
@@ -28,6 +39,10 @@ _PERMANENT = ("denied", "does not exist", "no such", "missing bucket", "credenti
 
 class StreamError(StorageError):
     """Reading an object failed for good (retries exhausted or a permanent error)."""
+
+
+class ObjectChanged(StreamError):
+    """The object's version (ETag) changed between two requests of one read."""
 
 
 def _is_permanent(exc: BaseException) -> bool:
@@ -48,6 +63,11 @@ class ReadAheadStream:
         chunk_bytes: size of each network read.
         max_retries: consecutive failed attempts tolerated before giving up.
         backoff_s: wait before the first retry; doubles after each consecutive failure.
+        ranges: parallel ranged GETs (1: one sequential GET, resumed by range on failure).
+        block_bytes: size of each ranged GET (``ranges >= 2``).
+        end: stop before this byte (None: the object's end).
+        version: the version tag the object must have (None: the first one seen, which
+            every later request or resume must then match).
 
     Attributes ``bytes_read`` (delivered by the network) and ``retries`` (resumptions) are
     updated by the background thread and may be read at any time.
@@ -55,25 +75,33 @@ class ReadAheadStream:
 
     def __init__(self, storage: Storage, uri: str, *, start: int = 0,
                  read_ahead_bytes: int = 16 * 2**20, chunk_bytes: int = 2**20,
-                 max_retries: int = 5, backoff_s: float = 0.5) -> None:
-        if start < 0:
-            raise ValueError(f"ReadAheadStream {uri}: start={start} must be >= 0")
-        if chunk_bytes < 1 or read_ahead_bytes < 1:
-            raise ValueError(f"ReadAheadStream {uri}: chunk_bytes={chunk_bytes} and "
-                             f"read_ahead_bytes={read_ahead_bytes} must be >= 1")
+                 max_retries: int = 5, backoff_s: float = 0.5, ranges: int = 1,
+                 block_bytes: int = 4 * 2**20, end: int | None = None,
+                 version: str | None = None) -> None:
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"ReadAheadStream {uri}: bad byte range start={start} end={end}")
+        if chunk_bytes < 1 or read_ahead_bytes < 1 or ranges < 1 or block_bytes < 1:
+            raise ValueError(f"ReadAheadStream {uri}: chunk_bytes={chunk_bytes}, "
+                             f"read_ahead_bytes={read_ahead_bytes}, ranges={ranges} and "
+                             f"block_bytes={block_bytes} must be >= 1")
         self.storage, self.uri = storage, uri
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes if ranges == 1 else block_bytes
+        self.ranges, self.end, self.version = ranges, end, version
+        self.fetched_all = False  # the thread has fetched everything up to the end
+        self._lock = threading.Lock()
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.bytes_read = 0
         self.retries = 0
         self.total_size: int | None = None
         self._pos = start  # next byte the thread fetches
-        self._queue: queue.Queue[Any] = queue.Queue(max(1, read_ahead_bytes // chunk_bytes))
+        self._queue: queue.Queue[Any] = queue.Queue(
+            max(1, read_ahead_bytes // self.chunk_bytes))
         self._stop = threading.Event()
         self._buf = b""
         self._off = 0
         self._done = False
-        self._thread = threading.Thread(target=self._run, name=f"read-ahead {uri}", daemon=True)
+        run = self._run if ranges == 1 else self._run_ranged
+        self._thread = threading.Thread(target=run, name=f"read-ahead {uri}", daemon=True)
         self._thread.start()
 
     @property
@@ -100,16 +128,28 @@ class ReadAheadStream:
             while not self._stop.is_set():
                 try:
                     if body is None:
+                        # (re)opening: the first open records the version (or checks the
+                        # expected one), a resume after a failure checks it is the same object
+                        now = self.storage.version(self.uri)
+                        if now is None:
+                            what = "object" if is_s3(self.uri) else "file"
+                            raise ObjectNotFound(f"read {self.uri}: no such {what}")
+                        self._check_version(now, None)
                         body, total = self.storage.get_stream(self.uri, self._pos)
                         self.total_size = total
-                    if self._pos >= (self.total_size or 0):
+                    stop = self._stop_at()
+                    if self._pos >= stop:
+                        self.fetched_all = True
                         self._put(_EOF)
                         return
-                    data = body.read(self.chunk_bytes)
+                    data = body.read(min(self.chunk_bytes, stop - self._pos))
                     if not data:  # the body ended before the object did: truncated
                         raise StorageError(
                             f"read {self.uri}: body ended at byte {self._pos} of "
                             f"{self.total_size} (truncated response)")
+                except ObjectChanged as exc:
+                    self._put(exc)
+                    return
                 except Exception as exc:  # noqa: BLE001 - classified below
                     body = _close_quietly(body)
                     failures += 1
@@ -130,6 +170,92 @@ class ReadAheadStream:
                     return
         finally:
             _close_quietly(body)
+
+    def _stop_at(self) -> int:
+        total = self.total_size or 0
+        return total if self.end is None else min(total, self.end)
+
+    def _check_version(self, version: str, total: int | None, at: int = 0) -> None:
+        """Record the first version/size seen; raise `ObjectChanged` when they differ later."""
+        with self._lock:
+            if self.version is None:
+                self.version = version
+            if self.total_size is None and total is not None:
+                self.total_size = total
+        if version != self.version or (total is not None and total != self.total_size):
+            raise ObjectChanged(
+                f"read {self.uri}: the object is not the one being read (version "
+                f"{self.version} size {self.total_size}, now {version} size {total} at byte "
+                f"{at}); the shard was rewritten: re-run `mocopipe shards write`/`index`")
+
+    def _fetch_block(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) by one ranged GET, retried; checks the object's version."""
+        failures = 0
+        while True:
+            try:
+                data, total, version = self.storage.get_range(self.uri, start, stop)
+                self._check_version(version, total, start)
+                want = min(stop, total) - start
+                if len(data) != want:
+                    raise StorageError(f"read {self.uri}: {len(data)} of {want} bytes at byte "
+                                       f"{start} (truncated response)")
+                with self._lock:
+                    self.bytes_read += len(data)
+                return data
+            except ObjectChanged:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                failures += 1
+                if _is_permanent(exc) or failures > self.max_retries:
+                    why = "" if _is_permanent(exc) else f" after {failures - 1} retries"
+                    raise StreamError(f"read {self.uri} at byte {start}{why}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                with self._lock:
+                    self.retries += 1
+                if self._stop.wait(self.backoff_s * 2 ** (failures - 1)):
+                    raise StreamError(f"read {self.uri}: closed") from exc
+
+    def _run_ranged(self) -> None:
+        """Producer with ``ranges`` ranged GETs in flight, delivered in order."""
+        pool = ThreadPoolExecutor(self.ranges, thread_name_prefix="range-get")
+        pending: deque[Future[bytes]] = deque()
+        try:
+            if self.end is not None and self._pos >= self.end:
+                self.fetched_all = True
+                self._put(_EOF)
+                return
+            first_stop = self._pos + self.chunk_bytes
+            if self.end is not None:
+                first_stop = min(first_stop, self.end)
+            if self.total_size is None and self._pos > 0:  # learn the size (and an empty tail)
+                size = self.storage.size(self.uri)
+                if size is not None and self._pos >= size:
+                    self.total_size = size
+                    self.fetched_all = True
+                    self._put(_EOF)
+                    return
+            pending.append(pool.submit(self._fetch_block, self._pos, first_stop))
+            ahead = first_stop
+            while not self._stop.is_set():
+                if not pending:
+                    self.fetched_all = True
+                    self._put(_EOF)
+                    return
+                data = pending[0].result()  # the first block also sets total_size
+                pending.popleft()
+                stop = self._stop_at()
+                while len(pending) < self.ranges and ahead < stop:
+                    nxt = min(ahead + self.chunk_bytes, stop)
+                    pending.append(pool.submit(self._fetch_block, ahead, nxt))
+                    ahead = nxt
+                self._pos += len(data)
+                if data and not self._put(data):
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(exc if isinstance(exc, StreamError) else StreamError(
+                f"read {self.uri} at byte {self._pos}: {type(exc).__name__}: {exc}"))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ consumer side
 

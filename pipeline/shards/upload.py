@@ -5,7 +5,9 @@ handed to ShardWriter through its `opener`). When a shard closes, the sink names
 (``shard-NNNNNN.tar``, numbering continues after the dataset's last shard) and an upload
 thread either finds the same bytes already stored (same size and sha256: a resumed write)
 or uploads the file with its sha256 as object metadata (multipart above the configured
-threshold). A partial shard (an exception before it closed) is never uploaded.
+threshold). A partial shard (an exception before it closed) is never uploaded. Next to each
+stored shard goes its offsets index (`pipeline.shards.offsets`: where every K-th sample
+starts), so a reader can begin mid-shard with a ranged GET.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 import webdataset as wds
 
 from pipeline.shards.manifest import ShardInfo, shard_key
+from pipeline.shards.offsets import OffsetRecorder, offsets_uri
 from pipeline.storage import Storage, is_s3, join
 
 MB = 2**20
@@ -73,6 +76,7 @@ class ShardSink:
         self._futures: list[Future[tuple[ShardInfo, bool]]] = []
         self._files: dict[str, _HashingFile] = {}
         self._counts: defaultdict[str, int] = defaultdict(int)
+        self._offsets: defaultdict[str, OffsetRecorder] = defaultdict(OffsetRecorder)
         self._writer: Any = None
         self._aborting = False
         self._failed = threading.Event()
@@ -103,14 +107,20 @@ class ShardSink:
         self._writer.close()  # posts the last shard
 
     def write(self, sample: dict[str, Any]) -> None:
+        before = self._writer.fname
+        # the tar's logical position (the file lags behind: "w|" mode buffers 10 KiB records)
+        offset = self._writer.tarstream.tarstream.offset if self._writer.tarstream else 0
         self._writer.write(sample)
-        self._counts[self._writer.fname] += 1
+        fname = self._writer.fname
+        self._counts[fname] += 1
+        self._offsets[fname].add(offset if fname == before else 0)  # 0: a new shard began
 
     def _closed(self, fname: str) -> None:
         """ShardWriter's post hook (main thread, shard order): name it, queue its upload."""
         hf = self._files.pop(fname)
         hf.close()
         samples = self._counts.pop(fname, 0)
+        offsets = self._offsets.pop(fname, OffsetRecorder())
         if self._aborting or samples == 0 or hf.hexdigest() in self._known:
             self.dropped += int(not self._aborting and samples > 0)
             os.remove(fname)
@@ -120,7 +130,7 @@ class ShardSink:
         self.closed_bytes += hf.size
         self._changed = True
         self._futures.append(self._pool.submit(self._store, key, fname, hf.hexdigest(),
-                                               hf.size, samples))
+                                               hf.size, samples, offsets))
         while sum(not f.done() for f in self._futures) > self._limit:  # disk backpressure
             wait([f for f in self._futures if not f.done()], return_when=FIRST_EXCEPTION,
                  timeout=1.0)
@@ -137,8 +147,8 @@ class ShardSink:
             return (self.storage.metadata(uri) or {}).get("sha256") == sha
         return file_sha256(uri) == sha
 
-    def _store(self, key: str, path: str, sha: str, size: int,
-               samples: int) -> tuple[ShardInfo, bool]:
+    def _store(self, key: str, path: str, sha: str, size: int, samples: int,
+               offsets: OffsetRecorder) -> tuple[ShardInfo, bool]:
         if self._failed.is_set():  # an earlier upload failed: the write is over
             raise RuntimeError(f"{key}: not uploaded (an earlier shard upload failed)")
         uri = join(self.dest, key)
@@ -146,6 +156,9 @@ class ShardSink:
             present = self._already_stored(uri, sha, size)
             if not present:
                 self.storage.put_file(uri, path, {"sha256": sha})
+            version = self.storage.version(uri) or ""
+            index = offsets.build(shard=key, size=size, sha256=sha, version=version)
+            self.storage.put_bytes(offsets_uri(uri), index.to_json())
         except BaseException:
             self._failed.set()
             raise

@@ -130,6 +130,21 @@ class Storage:
         """Size, ETag and user metadata of the object; None when it does not exist."""
         return self.backend(uri).head(uri)
 
+    def get_range(self, uri: str, start: int, end: int) -> tuple[bytes, int, str]:
+        """One attempt at bytes [start, end) (clipped to the object's end), no retries.
+
+        Returns ``(data, total_size, version)``; `version` is the object's ETag (`head`), so a
+        caller reading one object in several requests can tell that it changed.
+        """
+        if start < 0 or end <= start:
+            raise ValueError(f"get_range {uri}: bad range start={start} end={end}")
+        return self.backend(uri).get_range(uri, start, end)
+
+    def version(self, uri: str) -> str | None:
+        """The object's ETag as `get_range` reports it; None when it does not exist."""
+        info = self.head(uri)
+        return None if info is None else info.etag
+
     def exists(self, uri: str) -> bool:
         return self.head(uri) is not None
 

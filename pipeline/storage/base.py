@@ -130,6 +130,9 @@ class Backend(Protocol):
         """``(body, total_size)``: `body` reads sequentially from byte `start`; `if_match`
         as in `get_bytes`."""
 
+    def get_range(self, uri: str, start: int, end: int) -> tuple[bytes, int, str]:
+        """``(bytes [start, end) clipped to the end, total_size, ETag)`` in one attempt."""
+
     def head(self, uri: str) -> ObjectInfo | None:
         """Size, ETag and metadata of the object; None when it does not exist."""
 

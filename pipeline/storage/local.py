@@ -117,6 +117,17 @@ class LocalBackend:
         f.seek(min(start, total))
         return f, total
 
+    def get_range(self, uri: str, start: int, end: int) -> tuple[bytes, int, str]:
+        try:
+            with open(uri, "rb") as f:
+                st = os.fstat(f.fileno())
+                f.seek(start)
+                return f.read(end - start), st.st_size, _etag(st)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"read {uri}: no such file") from exc
+        except OSError as exc:
+            raise StorageError(f"read {uri}: {exc}") from exc
+
     def head(self, uri: str) -> ObjectInfo | None:
         try:
             st = os.stat(uri)

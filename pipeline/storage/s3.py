@@ -177,6 +177,14 @@ class S3Backend:
             total = int(resp["ContentLength"]) + (start if content_range else 0)
         return resp["Body"], total
 
+    def get_range(self, uri: str, start: int, end: int) -> tuple[bytes, int, str]:
+        bucket, key = split_s3(uri)
+        with self._errors(uri, "get_object"):
+            resp = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            data = resp["Body"].read()
+        total = int(str(resp.get("ContentRange") or f"/{len(data)}").rsplit("/", 1)[1])
+        return data, total, str(resp.get("ETag", ""))
+
     def head(self, uri: str) -> ObjectInfo | None:
         bucket, key = split_s3(uri)
         try:

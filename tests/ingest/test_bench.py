@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from typing import Any
 
 import pytest
@@ -21,10 +22,14 @@ def test_bench_ingest_json_reports_both_ratios(tmp_path: Any, capsys: Any) -> No
     manifest = write_shards(str(tmp_path / "jpegs"), dest, storage=Storage(),
                             samples_per_shard=3, progress=False, workers=1)
     rc = main(["bench", "ingest", dest, "--json", "--samples", "5", "--size", "32",
-               "--rounds", "1", "--net-rounds", "1"])
+               "--rounds", "1", "--net-rounds", "1", "--load", "2", "--ranges", "3"])
     assert rc == 0
+    assert multiprocessing.active_children() == []  # the load processes were stopped
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 5 and report["shards"] == 2
+    assert report["load"] == 2 and report["ranges"] == 3
+    assert report["sequential_stream_vs_raw_get"] == pytest.approx(
+        report["sequential_stream_mb_s"] / report["raw_get_mb_s"])
     assert report["network_mb"] * 2**20 == pytest.approx(manifest.total_bytes)
     for key in ("cpu_vs_reference", "stream_vs_raw_get", "ours_samples_per_core_s",
                 "reference_samples_per_core_s", "raw_get_mb_s", "stream_mb_s"):
@@ -33,3 +38,5 @@ def test_bench_ingest_json_reports_both_ratios(tmp_path: Any, capsys: Any) -> No
         report["ours_samples_per_core_s"] / report["reference_samples_per_core_s"])
     with pytest.raises(ValueError, match="samples=0"):
         main(["bench", "ingest", dest, "--samples", "0"])
+    with pytest.raises(ValueError, match="ranges=0"):
+        main(["bench", "ingest", dest, "--ranges", "0"])

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.ingest.stream import ReadAheadStream, StreamError
+from pipeline.ingest.stream import ObjectChanged, ReadAheadStream, StreamError
 from pipeline.ingest.tario import TarFormatError, iter_members
 from pipeline.storage import ObjectNotFound, Storage, StorageError
 
@@ -115,6 +115,9 @@ class _FlakyStorage(Storage):
         super().__init__()
         self.data, self.failures, self.starts = data, failures, []
 
+    def version(self, uri: str) -> str | None:
+        return "v1"  # the same object throughout
+
     def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
         self.starts.append(start)
         if len(self.starts) == 2:
@@ -142,9 +145,9 @@ class _DownStorage(Storage):
         super().__init__()
         self.calls = 0
 
-    def get_stream(self, uri: str, start: int = 0) -> tuple[Any, int]:
+    def version(self, uri: str) -> str | None:
         self.calls += 1
-        raise StorageError(f"get_object {uri}: cannot connect to S3 endpoint")
+        raise StorageError(f"head_object {uri}: cannot connect to S3 endpoint")
 
 
 def test_stream_gives_up_after_max_retries_and_on_missing_objects(tmp_path: Any) -> None:
@@ -159,3 +162,20 @@ def test_stream_gives_up_after_max_retries_and_on_missing_objects(tmp_path: Any)
             s.read(10)
     assert isinstance(StreamError("x"), StorageError) and not issubclass(StreamError,
                                                                          ObjectNotFound)
+
+
+class _ReplacedStorage(_FlakyStorage):
+    """The connection drops after 5000 bytes, and meanwhile the object was replaced."""
+
+    def version(self, uri: str) -> str | None:
+        return "v1" if not self.starts else "v2"
+
+
+def test_a_sequential_stream_resuming_on_a_replaced_object_fails_clearly() -> None:
+    replaced = _ReplacedStorage(np.random.default_rng(3).bytes(40_000), failures=1)
+    with ReadAheadStream(replaced, "s3://b/x", chunk_bytes=1024, max_retries=3,
+                         backoff_s=0.001) as s:
+        assert len(s.read(4000)) == 4000
+        with pytest.raises(ObjectChanged, match="version v1 .* now v2"):
+            s.read(-1)
+    assert replaced.starts == [0]  # never resumed into other bytes

@@ -97,7 +97,8 @@ def test_s3_source_resume_and_append(storage: Storage, prefix: str, jpeg_folder:
     with pytest.raises(RuntimeError, match="injected crash"):
         write_shards(src, dest, storage=crashing, samples_per_shard=4, workers=1,
                      labels="folders", progress=False)
-    assert storage.list(dest) == [f"{dest}/shard-00000{i}.tar" for i in range(2)]
+    assert storage.list(dest) == [f"{dest}/shard-00000{i}.tar{x}" for i in range(2)
+                                  for x in ("", ".idx.json")]  # no manifest yet
     counting = CountingStorage()
     m = write_shards(src, dest, storage=counting, samples_per_shard=4, workers=2,
                      labels="folders", progress=False)

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (or an unreachable service), printed as one line."""
     from pipeline.config import ConfigError
+    from pipeline.ingest.placement import ResourceUnavailableError
     from pipeline.orchestrate.cron import ScheduleError
     from pipeline.orchestrate.submit import JobsError
     from pipeline.shards.manifest import ManifestError
@@ -41,7 +42,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from pipeline.tracking import TrackingError
 
     return (ConfigError, ManifestError, StorageError, StackError, TrackingError, JobsError,
-            ScheduleError, FileNotFoundError, PermissionError)
+            ScheduleError, ResourceUnavailableError, FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,8 +64,10 @@ class Loader:
         kwargs = dict(storage=storage, data=data, augment=augment, ingest=ingest,
                       dataset_uri=dataset_uri, batch_size=per_rank_batch)
         n = ingest.readers_per_worker
+        # placement: {"rank", "node", "readers": [node per reader], "strategy"} ({} in-process)
+        self.placement: dict[str, Any] = {}
         if use_ray:
-            self._readers: list[Any] = _start_actors(n, kwargs)
+            self._readers, self.placement = _start_actors(n, kwargs, rank)
         else:
             self._readers = [ShardReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
 
@@ -198,13 +200,13 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _start_actors(n: int, kwargs: dict[str, Any]) -> list[Any]:
+def _start_actors(n: int, kwargs: dict[str, Any], rank: int) -> tuple[list[Any], dict[str, Any]]:
     import ray
 
-    from pipeline.ingest.actor import start_reader_actor
+    from pipeline.ingest.actor import start_readers
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     # S3 credentials reach the actors through their worker environment (the node's, or the
     # job's runtime_env), never as actor arguments: those show up in Ray's state API.
-    return [start_reader_actor(**kwargs) for _ in range(n)]
+    return start_readers(n, kwargs, rank=rank)

@@ -108,6 +108,7 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.ingest.placement import config_requests, require_resources
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
 
@@ -147,6 +148,10 @@ def run_training(cfg: Config, *, resume: str | None = None) -> dict[str, Any]:
     )
     client = client_for(run.tracking_uri)
     try:
+        # a resource no node offers would keep the workers pending forever
+        require_resources(config_requests(cfg.ingest.reader_resources,
+                                          cfg.ray.resources_per_worker),
+                          timeout_s=cfg.ingest.placement_timeout_s)
         trainer.fit()
     except BaseException:
         finish_run(client, run.run_id, "KILLED" if stopping else "FAILED")

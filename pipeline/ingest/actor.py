@@ -20,6 +20,9 @@ from pipeline.ingest.placement import (actor_nodes, config_requests, reader_stra
 from pipeline.ingest.reader import ShardReader
 
 ReaderActor = ray.remote(ShardReader)
+# Time for a placed reader's worker process to start (a new Python process that imports
+# the ingest stack; tens of seconds on a busy machine), on top of ingest.placement_timeout_s.
+ACTOR_START_S = 120.0
 
 
 def start_reader_actor(ingest: IngestConfig, *, strategy: Any = "DEFAULT",
@@ -56,7 +59,7 @@ def start_readers(n: int, kwargs: dict[str, Any], *, rank: int) -> tuple[list[An
     strategy = reader_strategy(ingest.reader_resources, node_id, ray.nodes())
     actors = [start_reader_actor(strategy=strategy, **kwargs) for _ in range(n)]
     try:
-        nodes = actor_nodes(actors, timeout_s=ingest.placement_timeout_s,
+        nodes = actor_nodes(actors, timeout_s=ingest.placement_timeout_s + ACTOR_START_S,
                             what=f"ingest.reader_resources={dict(ingest.reader_resources)}")
     except BaseException:
         for actor in actors:

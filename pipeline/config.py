@@ -82,7 +82,7 @@ class IngestConfig:
 
     readers_per_worker: int = 2
     reader_num_cpus: float = 1.0
-    reader_resources: dict[str, float] = field(default_factory=dict)  # e.g. {"cpu_node": 0.1}
+    reader_resources: dict[str, float] = field(default_factory=dict)  # e.g. {"reader": 0.01}
     batches_in_flight: int = 4  # per train worker, across its readers (backpressure bound)
     shuffle_window: int = 2048  # samples in each reader's seeded shuffle buffer
     read_ahead_mb: int = 16  # network read-ahead buffer per reader
@@ -90,6 +90,7 @@ class IngestConfig:
     range_block_mb: int = 4  # bytes per ranged GET
     synthetic: bool = False  # pre-built uint8 batches, no reading (`bench pipeline`'s bare loop)
     max_corrupt_fraction: float = 0.01
+    placement_timeout_s: float = 60.0  # wait for a node offering the asked resources, then fail
 
 
 @dataclass
@@ -449,6 +450,8 @@ def validate(cfg: Config) -> None:
           i.max_corrupt_fraction, "must be in [0, 1)")
     for k, v in i.reader_resources.items():
         _need(v >= 0, f"ingest.reader_resources.{k}", v, "must be >= 0")
+    _need(i.placement_timeout_s >= 0, "ingest.placement_timeout_s", i.placement_timeout_s,
+          "must be >= 0")
 
     m, mo = cfg.model, cfg.moco
     _need(m.width >= 1, "model.width", m.width, "must be >= 1")

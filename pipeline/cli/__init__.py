@@ -44,6 +44,7 @@ def _version() -> str:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (or an unreachable service), printed as one line."""
     from pipeline.config import ConfigError
+    from pipeline.ingest.placement import ResourceUnavailableError
     from pipeline.orchestrate.cron import ScheduleError
     from pipeline.orchestrate.submit import JobsError
     from pipeline.shards.manifest import ManifestError
@@ -53,7 +54,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from pipeline.train.preflight import PreflightError
 
     return (ConfigError, ManifestError, StorageError, StackError, TrackingError, JobsError,
-            ScheduleError, PreflightError, FileNotFoundError, PermissionError)
+            ScheduleError, PreflightError, ResourceUnavailableError,
+            FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

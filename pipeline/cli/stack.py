@@ -16,6 +16,9 @@ def add_stack(sub: Any) -> None:
                        default=None, help=f"fixed port for {name} (default: a free one)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per health check")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the Ray head")
+    p.add_argument("--reader-nodes", type=int, default=0, metavar="N",
+                   help="also start N Ray nodes offering the resource 'reader' (the head "
+                        "then offers only 'trainer')")
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the local stack by PID (data is kept)")
     state_dir_arg(p)
@@ -35,11 +38,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     ports = {k[len("port_"):]: v for k, v in vars(args).items()
              if k.startswith("port_") and v is not None}
     state = stack.up(args.state_dir, ports=ports, timeout_s=args.timeout,
-                     num_cpus=args.num_cpus, log=lambda m: print(m, flush=True))
+                     num_cpus=args.num_cpus, reader_nodes=args.reader_nodes,
+                     log=lambda m: print(m, flush=True))
     print(f"stack up in {state.startup_s:.1f}s (state: {state.state_dir})")
     print(f"  S3      {state.s3_endpoint}  buckets: {', '.join(state.buckets)}")
     print(f"  MLflow  {state.mlflow_uri}")
     print(f"  Ray     {state.ray_address}  dashboard/jobs: {state.ray_dashboard}")
+    for node in state.reader_nodes:
+        print(f"          + reader node {node['name']} ({node['node_id']})")
     print(f"reach it from a shell with:  eval \"$(mocopipe env --state-dir {args.state_dir})\"")
     return 0
 
@@ -67,7 +73,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         alive = sum(r.alive() for r in state.refs(name))
         print(f"{name:<7} {'healthy' if ok else 'DOWN':<8} {endpoints[name]}  "
               f"({alive}/{len(state.procs.get(name, []))} recorded processes alive)")
+    if health["ray"]:
+        _print_nodes(args.state_dir)
     return 0 if all(health.values()) else 1
+
+
+def _print_nodes(state_dir: str) -> None:
+    """One line per Ray node: name, state, id, custom and CPU resources."""
+    from pipeline.stack.nodes import list_nodes
+
+    for node in list_nodes(state_dir):
+        res = node["resources"]
+        shown = {k: v for k, v in res.items() if k == "CPU" or not (
+            k.startswith("node:") or k in ("memory", "object_store_memory"))}
+        text = ", ".join(f"{k}={v:g}" for k, v in sorted(shown.items()))
+        print(f"  node {node['name']:<6} {node['state']:<5} {node['node_id'][:12]}  {text}")
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

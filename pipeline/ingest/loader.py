@@ -83,13 +83,15 @@ class Loader:
                       dataset_uri=dataset_uri, batch_size=plan.per_rank_batch)
         n = ingest.readers_per_worker
         self._readers: list[Any]
+        # placement: {"rank", "node", "readers": [node per reader], "strategy"} ({} in-process)
+        self.placement: dict[str, Any] = {}
         if ingest.synthetic:  # `mocopipe bench pipeline`'s bare loop: pre-built batches, no I/O
             from pipeline.ingest.synthetic import SyntheticReader
 
             self.use_ray = False
             self._readers = [SyntheticReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
         elif use_ray:
-            self._readers = _start_actors(n, kwargs)
+            self._readers, self.placement = _start_actors(n, kwargs, rank)
         else:
             self._readers = [ShardReader(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
 
@@ -222,13 +224,13 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _start_actors(n: int, kwargs: dict[str, Any]) -> list[Any]:
+def _start_actors(n: int, kwargs: dict[str, Any], rank: int) -> tuple[list[Any], dict[str, Any]]:
     import ray
 
-    from pipeline.ingest.actor import start_reader_actor
+    from pipeline.ingest.actor import start_readers
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     # S3 credentials reach the actors through their worker environment (the node's, or the
     # job's runtime_env), never as actor arguments: those show up in Ray's state API.
-    return [start_reader_actor(**kwargs) for _ in range(n)]
+    return start_readers(n, kwargs, rank=rank)

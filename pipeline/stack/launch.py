@@ -9,6 +9,7 @@ side by side on one machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -33,13 +34,17 @@ PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc",
               "ray_agent_grpc", "ray_runtime_env", "ray_metrics")
 
 
-def ray_temp_dir(state_dir: Path) -> str:
-    """Ray's temp dir: `STATE_DIR/ray` when short enough for its unix sockets."""
-    local = state_dir / "ray"
+def ray_temp_dir(state_dir: Path, name: str = "ray") -> str:
+    """A Ray node's temp dir: `STATE_DIR/NAME` when short enough for its unix sockets.
+
+    The head's is "ray"; each joined node has its own ("node1", ...), which no other
+    node's temp dir contains, so that each node's processes are found by their own marker.
+    """
+    local = state_dir / name
     if len(str(local)) <= _SOCKET_DIR_MAX:
         return str(local)
     digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
-    return f"/tmp/mocopipe-ray-{digest}"
+    return f"/tmp/mocopipe-{name}-{digest}"
 
 
 def choose_ports(previous: dict[str, int] | None, fixed: dict[str, int]) -> dict[str, int]:
@@ -100,8 +105,13 @@ def mlflow_cmd(port: int, state_dir: Path) -> list[str]:
             "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port},{LOOPBACK},localhost"]
 
 
-def ray_cmd(p: dict[str, int], temp_dir: str, num_cpus: int, object_store_mb: int) -> list[str]:
-    """`ray start --head` with every port pinned (workers get a fixed range)."""
+def ray_cmd(p: dict[str, int], temp_dir: str, num_cpus: int, object_store_mb: int,
+            resources: dict[str, float] | None = None) -> list[str]:
+    """`ray start --head` with every port pinned (workers get a fixed range).
+
+    `resources`: custom resources the head offers (e.g. ``{"trainer": 8}``).
+    """
+    extra = ["--resources", json.dumps(resources)] if resources else []
     return [find_binary("ray"), "start", "--head", "--node-ip-address", LOOPBACK,
             "--port", str(p["ray_gcs"]), "--dashboard-host", LOOPBACK,
             "--dashboard-port", str(p["ray_dashboard"]), "--include-dashboard", "true",
@@ -116,7 +126,34 @@ def ray_cmd(p: dict[str, int], temp_dir: str, num_cpus: int, object_store_mb: in
             "--max-worker-port", str(p["ray_worker_min"] + RAY_WORKER_PORTS - 1),
             "--num-cpus", str(num_cpus), "--object-store-memory",
             str(object_store_mb * 2**20), "--temp-dir", temp_dir,
-            "--disable-usage-stats"]
+            "--disable-usage-stats", *extra]
+
+
+# Ports of a node that joins the head (`ray start --address`); "worker_min" starts a range.
+NODE_PORT_NAMES = ("node_manager", "object_manager", "agent_http", "agent_grpc",
+                   "runtime_env", "metrics")
+
+
+def ray_node_cmd(address: str, p: dict[str, int], temp_dir: str, num_cpus: int,
+                 object_store_mb: int, resources: dict[str, float]) -> list[str]:
+    """`ray start --address HEAD` for one more node on loopback, every port pinned.
+
+    The node authenticates with the head's token, which it finds in its environment
+    (RAY_AUTH_MODE / RAY_AUTH_TOKEN, see `server_env`), never on its command line.
+    """
+    return [find_binary("ray"), "start", "--address", address,
+            "--node-ip-address", LOOPBACK,
+            "--node-manager-port", str(p["node_manager"]),
+            "--object-manager-port", str(p["object_manager"]),
+            "--dashboard-agent-listen-port", str(p["agent_http"]),
+            "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
+            "--runtime-env-agent-port", str(p["runtime_env"]),
+            "--metrics-export-port", str(p["metrics"]),
+            "--min-worker-port", str(p["worker_min"]),
+            "--max-worker-port", str(p["worker_min"] + RAY_WORKER_PORTS - 1),
+            "--num-cpus", str(num_cpus), "--object-store-memory",
+            str(object_store_mb * 2**20), "--temp-dir", temp_dir,
+            "--resources", json.dumps(resources), "--disable-usage-stats"]
 
 
 def server_env(client_env: dict[str, str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from pipeline.stack.procs import (LOOPBACK, ProcRef, StackError, find_by_marker,
                             wait_until)
 from pipeline.stack.launch import (RayStarter, choose_ports, mlflow_cmd, ray_cmd, ray_temp_dir,
                                    server_env, weed_cmd)
+from pipeline.stack.nodes import add_reader_node, head_resources, node_markers, purge_node_dirs
 
 __all__ = ["StackError", "StackState", "StackInfo", "up", "down", "health", "load_state",
            "stack_env", "info", "DEFAULT_STATE_DIR", "BUCKETS"]
@@ -70,6 +71,7 @@ class StackState:
     running: bool = False
     started_at: str = ""
     startup_s: float = 0.0
+    reader_nodes: list[dict[str, Any]] = field(default_factory=list)  # see stack/nodes.py
 
     @property
     def s3_endpoint(self) -> str:
@@ -261,8 +263,11 @@ def _record(state: StackState, service: str, refs: list[ProcRef]) -> None:
 
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | None = None,
        timeout_s: float = 180.0, num_cpus: int = 8, object_store_mb: int = 1024,
-       log: Callable[[str], None] = lambda msg: None) -> StackState:
+       reader_nodes: int = 0, log: Callable[[str], None] = lambda msg: None) -> StackState:
     """Start the stack in `state_dir` (or reuse it when it is running and healthy).
+
+    `reader_nodes`: more Ray nodes joined to the head, each offering the resource
+    ``reader`` (see `pipeline.stack.nodes`); the head offers ``trainer``.
 
     On any failure everything this call started is stopped and StackError is raised with
     the tail of the failing server's log.
@@ -271,7 +276,8 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
     previous = load_state(sdir)
     if previous is not None and previous.running:
         same_ports = all(previous.ports.get(k) == v for k, v in (ports or {}).items())
-        if same_ports and all(health(sdir).values()):
+        same_nodes = len(previous.reader_nodes) == reader_nodes
+        if same_ports and same_nodes and all(health(sdir).values()):
             log(f"stack in {sdir} is already running and healthy; reusing it")
             return previous
         log(f"stack in {sdir} is not healthy; restarting it")
@@ -292,7 +298,8 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
         mlflow = spawn(mlflow_cmd(state.ports["mlflow"], sdir), env=env, log_path=logs / "mlflow.log", cwd=sdir)
         _record(state, "mlflow", [ProcRef.of(mlflow.pid)])
         ray_start = RayStarter(ray_cmd(state.ports, state.ray_temp_dir, num_cpus,
-                                       object_store_mb), env, logs / "ray.log",
+                                       object_store_mb, head_resources(num_cpus, reader_nodes)),
+                               env, logs / "ray.log",
                                state.ray_temp_dir, state.ports["ray_agent_http"], timeout_s)
         ray_start.start()
         wait_until(lambda: _check_s3(state, creds), what=f"SeaweedFS S3 at {state.s3_endpoint}",
@@ -311,10 +318,14 @@ def up(state_dir: str | Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | Non
                    timeout_s=timeout_s, log_path=logs / "ray.log")
         _record(state, "ray", find_by_marker(state.ray_temp_dir))
         log(f"ray     ready at {state.ray_address} ({time.monotonic() - t0:.1f}s)")
+        for _ in range(reader_nodes):
+            node = add_reader_node(sdir, timeout_s=timeout_s)
+            state = load_state(sdir) or state
+            log(f"ray     reader node {node['name']} joined ({time.monotonic() - t0:.1f}s)")
     except BaseException:
         if ray_start is not None:
             ray_start.kill()  # before it can spawn more Ray daemons
-        _stop_all(state)
+        _stop_all(load_state(sdir) or state)  # with the nodes recorded since
         raise
     state.startup_s = round(time.monotonic() - t0, 2)
     state.save()
@@ -329,8 +340,9 @@ def _stop_all(state: StackState) -> list[int]:
     # One SIGTERM to all, then SIGKILL after a short grace: MLflow's uvicorn waits for
     # idle keep-alive clients, and Ray's daemons hold disposable state (`ray stop --force`).
     refs = state.refs()
-    if state.ray_temp_dir:
-        refs += find_by_marker(state.ray_temp_dir)  # Ray workers started after `up`
+    for marker in [state.ray_temp_dir, *node_markers(state)]:
+        if marker:
+            refs += find_by_marker(marker)  # Ray workers started after `up`
     stopped = stop(tree(refs), timeout_s=5.0)
     state.running = False
     state.save()
@@ -345,5 +357,7 @@ def down(state_dir: str | Path = DEFAULT_STATE_DIR, *, purge: bool = False) -> l
     if purge:
         if state is not None and state.ray_temp_dir.startswith("/tmp/mocopipe-ray-"):
             shutil.rmtree(state.ray_temp_dir, ignore_errors=True)
+        if state is not None:
+            purge_node_dirs(state)
         shutil.rmtree(sdir, ignore_errors=True)
     return stopped

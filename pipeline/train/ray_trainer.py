@@ -88,6 +88,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.ingest.placement import config_requests, require_resources
     from pipeline.shards.manifest import read_manifest
     from pipeline.storage import Storage
     from pipeline.train.worker import ray_entry
@@ -133,6 +134,10 @@ def run_training(cfg: Config, resume: str | None = None, *,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )
     try:
+        # a resource no node offers would keep the workers pending forever
+        require_resources(config_requests(cfg.ingest.reader_resources,
+                                          cfg.ray.resources_per_worker),
+                          timeout_s=cfg.ingest.placement_timeout_s)
         result = trainer.fit()
     except BaseException:
         finish_run(client, run.run_id, "KILLED" if stopping else "FAILED")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -86,3 +87,30 @@ def test_proc_ref_ignores_recycled_pids_and_stop_reaps() -> None:
     ref = ProcRef.of(child.pid)
     assert stop([ref], timeout_s=5.0) == [child.pid]
     assert not ref.alive() and child.poll() is not None
+
+
+def test_reader_node_command_joins_the_head_with_pinned_ports_and_no_token() -> None:
+    from pipeline.stack.launch import NODE_PORT_NAMES, ray_node_cmd
+    from pipeline.stack.nodes import head_resources
+
+    ports = {name: 20000 + i for i, name in enumerate(NODE_PORT_NAMES)} | {"worker_min": 21000}
+    cmd = ray_node_cmd("127.0.0.1:6379", ports, "/tmp/x-node1", 2, 256, {"reader": 2.0})
+    args = dict(zip(cmd[2::1], cmd[3::1]))
+    assert cmd[1:4] == ["start", "--address", "127.0.0.1:6379"] and "--head" not in cmd
+    assert args["--node-ip-address"] == "127.0.0.1" and args["--temp-dir"] == "/tmp/x-node1"
+    assert args["--node-manager-port"] == "20000" and args["--max-worker-port"] == str(
+        21000 + RAY_WORKER_PORTS - 1)
+    assert json.loads(args["--resources"]) == {"reader": 2.0}
+    assert not any("token" in a.lower() for a in cmd)  # the token travels in the environment
+    assert head_resources(4, 0) == {"trainer": 4.0, "reader": 4.0}
+    assert head_resources(4, 2) == {"trainer": 4.0}
+    head = ray_cmd({n: 1 for n in PORT_NAMES} | {"ray_worker_min": 2}, "/t", 4, 64,
+                   head_resources(4, 1))
+    assert json.loads(head[head.index("--resources") + 1]) == {"trainer": 4.0}
+
+
+def test_each_nodes_temp_dir_is_no_other_nodes_marker(tmp_path: Path) -> None:
+    for sdir in (tmp_path, tmp_path / ("x" * 60)):
+        dirs = [ray_temp_dir(sdir), *(ray_temp_dir(sdir, f"node{i}") for i in (1, 2, 10))]
+        assert len(set(dirs)) == 4
+        assert not any(a in b for a in dirs for b in dirs if a != b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +200,19 @@ def test_all_gather_with_grad_is_the_identity_in_one_process() -> None:
     assert dist.all_gather_with_grad(t) is t
     with pytest.raises(ValueError, match="model.arch"):
         build_encoder(load_config(None, SMALL).model.__class__(arch="x"), 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name,cls", [("simclr_fmnist", SimCLR), ("mocov3_fmnist", MoCoV3)])
+def test_shipped_method_configs_build_and_step(name: str, cls: type) -> None:
+    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / f"{name}.toml"
+    cfg = load_config(path)
+    model = build_method(cfg.model, cfg.moco, in_channels=cfg.data.channels, seed=0,
+                         method=cfg.method, simclr=cfg.simclr, moco_v3=cfg.moco_v3)
+    assert type(model) is cls
+    opt = build_optimizer(model, cfg.optim, lr=cfg.scaled_lr)
+    loss, _ = model(*_views(0, n=4, side=28))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    base, _ = method_momentum(cfg.moco, method=cfg.method, moco_v3=cfg.moco_v3)
+    assert base == (0.99 if cls is MoCoV3 else 0.0)

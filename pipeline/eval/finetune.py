@@ -9,16 +9,21 @@ small f is what pretraining buys.
                             augment_cfg=cfg.augment, num_classes=10)
     label_efficiency_plot(rows, "plots/label_efficiency.png")
 
-Pure PyTorch in one process (no Ray, no MLflow): the caller loads the encoder (weights from
-encoder.safetensors) and the labelled images, and logs the rows.
+The measuring part is pure PyTorch in one process (no Ray, no MLflow): the caller loads the
+encoder (weights from encoder.safetensors) and the labelled images; `log_finetune` records
+the rows as one MLflow run (used by `mocopipe finetune`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import tempfile
+import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +34,9 @@ from torch import nn
 
 from pipeline.augment import normalize
 from pipeline.config import AugmentConfig
+
+if TYPE_CHECKING:
+    from pipeline.eval.evaluate import LoadedEncoder
 
 
 @dataclass
@@ -154,3 +162,76 @@ def label_efficiency_plot(rows: list[EfficiencyRow], path: str | os.PathLike[str
         os.makedirs(parent, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return os.fspath(path)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def parse_fractions(text: str) -> list[float]:
+    """"0.01,0.1,1.0" -> [0.01, 0.1, 1.0]; each in (0, 1]."""
+    from pipeline.config import ConfigError
+
+    try:
+        out = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--fractions: {text!r} is not a comma-separated list of numbers") \
+            from exc
+    if not out or not all(0.0 < f <= 1.0 for f in out):
+        raise ConfigError(f"--fractions: {text!r} must list numbers in (0, 1]")
+    return out
+
+
+def log_finetune(loaded: LoadedEncoder, rows: list[EfficiencyRow], settings: FinetuneSettings,
+                 *, train_uri: str, test_uri: str, tracking_uri: str) -> str:
+    """One MLflow run (in the training run's experiment) with params, a metric per fraction
+    (finetune.pretrained_top1.<f> / finetune.random_top1.<f>), results.json and
+    plots/label_efficiency.png; the model version (if any) gets `finetune.*` tags."""
+    from mlflow.entities import Metric, Param
+
+    from pipeline.eval.evaluate import _terminate
+    from pipeline.tracking import client_for, redact_map
+
+    client = client_for(tracking_uri)
+    tags = {"mocopipe.kind": "finetune", "mocopipe.finetune_of_run": loaded.run_id,
+            "mocopipe.finetune_train": train_uri, "mocopipe.finetune_test": test_uri}
+    if loaded.model_name:
+        tags |= {"mocopipe.model_name": loaded.model_name,
+                 "mocopipe.model_version": str(loaded.model_version)}
+    run = client.create_run(loaded.experiment_id, tags=redact_map(tags),
+                            run_name="finetune-" + loaded.label.replace(" ", "-"))
+    run_id = run.info.run_id
+    try:
+        params = {f"finetune.{k}": v for k, v in asdict(settings).items()}
+        params |= {"finetune.fractions": ",".join(str(r.fraction) for r in rows),
+                   "model.arch": loaded.cfg.model.arch, "method.name": loaded.cfg.method.name}
+        now = int(time.time() * 1000)
+        metrics = []
+        for r in rows:
+            metrics += [Metric(f"finetune.pretrained_top1.{r.fraction:g}", r.pretrained_top1,
+                               now, 0),
+                        Metric(f"finetune.random_top1.{r.fraction:g}", r.random_top1, now, 0)]
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                         metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="mocopipe-finetune-") as tmp:
+            results = os.path.join(tmp, "results.json")
+            with open(results, "w") as f:
+                json.dump({"model": loaded.label, "source_run": loaded.run_id,
+                           "rows": rows_as_dicts(rows)}, f, indent=2)
+            client.log_artifact(run_id, results)
+            png = label_efficiency_plot(rows, os.path.join(tmp, "label_efficiency.png"),
+                                        title=f"fine-tuning {loaded.label}")
+            client.log_artifact(run_id, png, artifact_path="plots")
+        if loaded.model_name:
+            for r in rows:
+                for key, value in ((f"finetune.pretrained_top1.{r.fraction:g}",
+                                    r.pretrained_top1),
+                                   (f"finetune.random_top1.{r.fraction:g}", r.random_top1)):
+                    client.set_model_version_tag(loaded.model_name, loaded.model_version, key,
+                                                 f"{value:.4f}")
+            client.set_model_version_tag(loaded.model_name, loaded.model_version,
+                                         "finetune.run_id", run_id)
+    except BaseException:
+        _terminate(client, run_id, "FAILED")
+        raise
+    _terminate(client, run_id, "FINISHED")
+    return run_id

@@ -61,6 +61,7 @@ def build_method(model: ModelConfig, moco: MocoConfig, *, in_channels: int, seed
         forward(view1, view2) -> (loss, stats)   # stats: {"acc1", "pos_sim", "queue_fill",
                                                   #   "momentum"} tensors; one whole step
         set_momentum(m) / .momentum               # momentum-encoder methods (SimCLR: no-op)
+        reset_momentum_encoder()                  # target <- online encoder (warm start)
         backbone -> nn.Module                     # the encoder that is exported
     `seed` fixes MoCo v2's shuffle permutations; the others draw no random numbers in forward.
     """

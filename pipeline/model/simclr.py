@@ -48,6 +48,9 @@ class SimCLR(nn.Module):
         """The encoder without the projection head: the network to export and evaluate."""
         return self.encoder
 
+    def reset_momentum_encoder(self) -> None:
+        """No momentum encoder in SimCLR: nothing to reset (same surface as the MoCos)."""
+
     def set_momentum(self, m: float) -> None:
         """No momentum encoder in SimCLR: accepted and ignored (the Trainer calls it)."""
         if not 0.0 <= m <= 1.0:

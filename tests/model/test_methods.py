@@ -216,3 +216,22 @@ def test_shipped_method_configs_build_and_step(name: str, cls: type) -> None:
     assert torch.isfinite(loss)
     base, _ = method_momentum(cfg.moco, method=cfg.method, moco_v3=cfg.moco_v3)
     assert base == (0.99 if cls is MoCoV3 else 0.0)
+
+
+@pytest.mark.parametrize("name", ["moco_v2", "simclr", "moco_v3"])
+def test_reset_momentum_encoder_copies_the_backbone(name: str) -> None:
+    cfg = load_config(None, SMALL + [f"method.name='{name}'", "simclr.hidden_dim=8",
+                                     "moco_v3.mlp_dim=8"])
+    model = build_method(cfg.model, cfg.moco, in_channels=1, seed=0, method=cfg.method,
+                         simclr=cfg.simclr, moco_v3=cfg.moco_v3)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)  # as a warm start loading new weights would
+    online = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model.reset_momentum_encoder()
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in online.items())
+    assert hasattr(model, "encoder_k") == (name != "simclr")
+    if name != "simclr":
+        for (kq, q), (kk, k) in zip(model.encoder_q.state_dict().items(),
+                                    model.encoder_k.state_dict().items()):
+            assert kq == kk and torch.equal(q, k)

@@ -61,12 +61,14 @@ def _run_with_encoder(stack: Any, name: str, safetensors: bool) -> tuple[str, st
 def test_finetune_cli_reports_logs_plot_and_tags(stack: Any, labelled: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     model, version = _run_with_encoder(stack, f"fttest-{uuid.uuid4().hex[:8]}", True)
+    capsys.readouterr()  # MLflow's "View run" lines from the setup above
     rc = main(["finetune", f"models:/{model}/{version}", "--data", labelled,
                "--fractions", "0.1,1.0", "--epochs", "1", "--min-steps", "5", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["fraction"] for r in out["rows"]] == [0.1, 1.0]
-    assert [r["n_labels"] for r in out["rows"]] == [30, 300]  # 10 classes x 3, all
+    n_small, n_all = (r["n_labels"] for r in out["rows"])
+    assert 25 <= n_small <= 35 and n_all == 300  # ~10% of each of the 10 classes; all
     client = client_for(stack.mlflow_uri)
     run = client.get_run(out["finetune_run"])
     assert run.info.status == "FINISHED" and run.data.tags["mocopipe.kind"] == "finetune"
@@ -83,6 +85,7 @@ def test_finetune_cli_refuses_a_run_without_safetensors(stack: Any, labelled: st
                                                         capsys: pytest.CaptureFixture[str]
                                                         ) -> None:
     run_id, _ = _run_with_encoder(stack, f"ftnone-{uuid.uuid4().hex[:8]}", False)
+    capsys.readouterr()
     assert main(["finetune", run_id, "--data", labelled, "--no-log"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mocopipe: error: ") and "encoder.safetensors" in err

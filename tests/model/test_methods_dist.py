@@ -1,7 +1,8 @@
 """2-process gloo (CPU) runs of the global-batch losses equal one process on the whole batch.
 
 SimCLR: each rank embeds its 4 of the 8 images, gathers z with `dist.all_gather_with_grad`,
-and takes NT-Xent of its anchors against all 2N - 1 others; DDP averages the gradients. The
+and takes NT-Xent of its anchors against all 2N - 1 others; gradients are averaged over ranks (by hand, and by
+`dist.wrap_ddp` in a second variant). The
 rank-mean loss and every parameter gradient must equal one process on the 8 images. The
 encoder has no BatchNorm, so only the loss's coupling across ranks is under test. Controls:
 a per-rank-only loss (negatives from this rank alone) has another value, and a gather without
@@ -70,6 +71,8 @@ def _run(variant: str, world: int, rank: int) -> dict[str, object]:
     x1, x2 = v1[rank * n:(rank + 1) * n], v2[rank * n:(rank + 1) * n]
     if variant == "simclr":
         loss, _ = model(x1, x2)
+    elif variant == "simclr_ddp":  # DDP averages the gradients itself (same process group)
+        loss, _ = dist.wrap_ddp(model)(x1, x2)
     else:
         z = F.normalize(model.head(model.encoder(torch.cat([x1, x2]))), dim=1)
         z1, z2 = z[:n], z[n:]
@@ -102,7 +105,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
-        result = {v: _run(v, world, rank) for v in ("simclr", "per_rank", "nograd_gather")}
+        result = {v: _run(v, world, rank)
+                  for v in ("simclr", "simclr_ddp", "per_rank", "nograd_gather")}
         result["moco_v3"] = _moco_v3_ctr(world, rank)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()
@@ -133,10 +137,12 @@ def _max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_simclr_two_ranks_equal_one_process_on_the_global_batch(two_ranks: dict) -> None:
+@pytest.mark.parametrize("variant", ["simclr", "simclr_ddp"])
+def test_simclr_two_ranks_equal_one_process_on_the_global_batch(two_ranks: dict,
+                                                                variant: str) -> None:
     single = _run("simclr", 1, 0)
-    assert two_ranks["simclr"]["loss"] == pytest.approx(single["loss"], rel=1e-6)
-    _assert_grads_close(two_ranks["simclr"]["grads"], single["grads"])
+    assert two_ranks[variant]["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    _assert_grads_close(two_ranks[variant]["grads"], single["grads"])
 
 
 def test_control_per_rank_negatives_give_another_loss(two_ranks: dict) -> None:

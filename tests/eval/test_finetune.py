@@ -71,3 +71,13 @@ def test_label_efficiency_rows_and_plot(tmp_path, one_thread: None) -> None:
     path = label_efficiency_plot(rows + [EfficiencyRow(0.01, 5, 0.5, 0.4)],
                                  tmp_path / "plots" / "label_efficiency.png")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parse_fractions_names_the_flag() -> None:
+    from pipeline.config import ConfigError
+    from pipeline.eval.finetune import parse_fractions
+
+    assert parse_fractions("0.01,0.1,1.0") == [0.01, 0.1, 1.0]
+    for bad in ("", "0,0.5", "0.1,x", "1.5"):
+        with pytest.raises(ConfigError, match="^--fractions"):
+            parse_fractions(bad)

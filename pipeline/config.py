@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from pipeline.config_methods import MethodConfig, MocoV3Config, SimclrConfig, validate_methods
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the dotted key and the value."""
@@ -95,10 +97,11 @@ class IngestConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["small_cnn", "resnet18", "resnet50"] = "resnet50"
+    arch: Literal["small_cnn", "resnet18", "resnet50", "vit_tiny", "vit_small"] = "resnet50"
     small_images: bool = False  # 3x3 stem, no max-pool (for inputs <= 64 px)
     width: int = 64  # base width (torchvision: 64); the small CNN uses it as its first width
     pool_grid: int = 1  # small_cnn only: final avg-pool grid side (features 4*width*grid^2)
+    patch_size: int = 16  # vit_* only: side of a patch; must divide data.image_size
 
 
 @dataclass
@@ -116,6 +119,7 @@ class MocoConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "sgd"  # lars: SimCLR's; adamw: MoCo v3's
     lr: float = 0.03  # for a global batch of `base_batch`; scaled linearly
     base_batch: int = 256
     momentum: float = 0.9
@@ -124,6 +128,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 0.0  # 0 = off
+    lars_eta: float = 0.001  # LARS trust coefficient
+    beta2: float = 0.999  # AdamW second-moment decay (beta1 = optim.momentum)
 
 
 @dataclass
@@ -206,6 +212,9 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    simclr: SimclrConfig = field(default_factory=SimclrConfig)
+    moco_v3: MocoV3Config = field(default_factory=MocoV3Config)
 
     @property
     def global_batch(self) -> int:
@@ -503,8 +512,8 @@ def validate(cfg: Config) -> None:
     # Cross-field rules.
     g = cfg.global_batch
     per_step = 2 * g if mo.symmetric else g  # keys enqueued per step (both views: symmetric)
-    _need(mo.queue_size >= per_step and mo.queue_size % per_step == 0, "moco.queue_size",
-          mo.queue_size, ("must be a positive multiple of 2 x the global batch "
+    queue_ok = mo.queue_size >= per_step and mo.queue_size % per_step == 0
+    _need(cfg.method.name != "moco_v2" or queue_ok, "moco.queue_size", mo.queue_size, ("must be a positive multiple of 2 x the global batch "
                           f"{g} = {per_step} keys enqueued per step (moco.symmetric=true) "
                           if mo.symmetric else f"must be a positive multiple of the global "
                           f"batch {g} ") + f"(train.per_worker_batch={t.per_worker_batch} x "
@@ -521,3 +530,4 @@ def validate(cfg: Config) -> None:
         _need(m.pool_grid <= last, "model.pool_grid", m.pool_grid,
               f"must be <= {last}, the side of the last feature map at data.image_size="
               f"{d.image_size}")
+    validate_methods(cfg)

@@ -53,6 +53,41 @@ def all_gather_nograd(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends every rank's gradient to the rank that owns the rows.
+
+    Each rank's loss uses all ranks' rows; DDP later averages parameter gradients, so the
+    gradient of the mean loss reaches rank s's rows as the sum over ranks r of
+    d loss_r / d rows_s: an all-reduce (sum) of the incoming gradient, sliced to rank s.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(world_size())]
+        tdist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+        n = grad.shape[0] // world_size()
+        return grad[rank() * n:(rank() + 1) * n]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate `t` from all ranks along dim 0, in rank order, with gradient flowing back.
+
+    (n, ...) on each rank -> (world_size * n, ...). The backward pass all-reduces the
+    gradient, so rank s's rows receive the gradient from every rank's loss (the global-batch
+    losses of SimCLR and MoCo v3). Single process: `t` itself (same autograd graph).
+    """
+    if not is_distributed():
+        return t
+    out: torch.Tensor = _GatherWithGrad.apply(t)
+    return out
+
+
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite `t` in place with rank `src`'s value and return it. Single process: `t`."""
     if is_distributed():

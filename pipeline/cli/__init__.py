@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import bench, config, evaluate, jobs, shards, stack, train
+from pipeline.cli import bench, config, evaluate, finetune, jobs, shards, stack, train
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 130, 143
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mocopipe {_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for add in (config.add_config, stack.add_stack, shards.add_shards, train.add_train,
-                bench.add_bench, jobs.add_jobs, evaluate.add_evaluate):
+                bench.add_bench, jobs.add_jobs, evaluate.add_evaluate, finetune.add_finetune):
         add(sub)
     return parser
 

@@ -120,6 +120,12 @@ class MoCo(nn.Module):
         """
         return self.encoder_q
 
+    @torch.no_grad()
+    def reset_momentum_encoder(self) -> None:
+        """encoder_k <- encoder_q (weights and buffers), as at construction; e.g. after a warm
+        start loaded new backbone weights into `backbone`."""
+        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+
     def set_momentum(self, m: float) -> None:
         """Set the EMA coefficient used from the next forward (cosine schedule hook)."""
         if not 0.0 <= m <= 1.0:

@@ -277,10 +277,10 @@ def ray_submission_id() -> str | None:
     return os.environ.get("RAY_JOB_SUBMISSION_ID") or None
 
 
-def provenance_tags(dataset: str, manifest_sha: str) -> dict[str, str]:
-    """The run tags every training run carries."""
+def provenance_tags(dataset: str, manifest_sha: str, method: str = "moco_v2") -> dict[str, str]:
+    """The run tags every training run carries (the SSL method among them)."""
     tags = {"mocopipe.dataset": dataset, "mocopipe.manifest_sha": manifest_sha,
-            "mocopipe.git_sha": git_sha()}
+            "mocopipe.git_sha": git_sha(), "mocopipe.method": method}
     sub = ray_submission_id()
     if sub:
         tags["ray.submission_id"] = sub

@@ -97,7 +97,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
     validate_training(cfg)  # e.g. data.train="" named here, not as ": no manifest.json"
     manifest = read_manifest(Storage(cfg.storage), cfg.data.train)  # fail before Ray starts
     run = open_run(cfg, run_name=default_run_name(cfg), resume=resume,
-                   tags=provenance_tags(cfg.data.train, manifest.sha256),
+                   tags=provenance_tags(cfg.data.train, manifest.sha256, cfg.method.name),
                    before_continue=lambda r: _check_resume_on_driver(cfg, r, manifest.sha256))
     print(f"[mocopipe] MLflow run {run.run_id} ({'continued' if run.resumed else 'new'}): "
           f"{run.url}", flush=True)

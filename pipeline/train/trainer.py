@@ -190,7 +190,7 @@ def build_trainer(cfg: Config, *, steps_per_epoch: int, device: torch.device,
     """The Trainer of `cfg` (model/moco/optim/train/augment sections): identical initial
     weights on every rank (seeded by `train.seed`); deterministic algorithms on CPU."""
     from pipeline.augment import BatchAugment
-    from pipeline.model import build_method
+    from pipeline.model import build_method, method_momentum
     from pipeline.train.optim import build_optimizer
 
     t, o = cfg.train, cfg.optim
@@ -200,15 +200,17 @@ def build_trainer(cfg: Config, *, steps_per_epoch: int, device: torch.device,
     torch.manual_seed(t.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_method(cfg.model, cfg.moco, in_channels=cfg.data.channels,
-                         seed=t.seed).to(device)
+    model = build_method(cfg.model, cfg.moco, in_channels=cfg.data.channels, seed=t.seed,
+                         method=cfg.method, simclr=cfg.simclr, moco_v3=cfg.moco_v3).to(device)
+    momentum, momentum_cosine = method_momentum(cfg.moco, method=cfg.method,
+                                                moco_v3=cfg.moco_v3)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, o, lr=cfg.scaled_lr)
     total = total_steps_for(cfg, steps_per_epoch)
     schedule = LrSchedule(cfg.scaled_lr, total,
                           warmup_steps_for(o.warmup_epochs, steps_per_epoch, total), o.schedule)
-    return Trainer(model, optimizer, lr_schedule=schedule, momentum=cfg.moco.momentum,
-                   momentum_cosine=cfg.moco.momentum_cosine, device=device, amp=t.amp,
+    return Trainer(model, optimizer, lr_schedule=schedule, momentum=momentum,
+                   momentum_cosine=momentum_cosine, device=device, amp=t.amp,
                    grad_clip=o.grad_clip, max_nonfinite=t.max_nonfinite,
                    augment=BatchAugment(cfg.augment, cfg.data.channels), seed=t.seed, rank=rank)

@@ -12,7 +12,7 @@ def warm_start(model: torch.nn.Module, uri: str, tracking_uri: str | None = None
     id) whose training run logged `encoder.safetensors`, or a local ``*.safetensors`` file.
     Only those tensors are read: the registry's pickled model is never loaded (a reference
     without the file is refused with `UnsafeModelError`). The key encoder starts as a copy of
-    the query encoder, as at MoCo's initialisation; the projection heads stay fresh.
+    the query encoder, as at MoCo's initialisation (`reset_momentum_encoder`); the projection heads stay fresh.
     """
     from pipeline.eval.registry import load_encoder_state
 
@@ -25,4 +25,4 @@ def warm_start(model: torch.nn.Module, uri: str, tracking_uri: str | None = None
     if unexpected or [k for k in missing if not k.startswith("fc.")]:
         raise ValueError(f"train.init_from: {uri} does not fit model.arch "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.encoder_k.load_state_dict(model.encoder_q.state_dict())  # type: ignore[attr-defined]
+    model.reset_momentum_encoder()  # type: ignore[attr-defined]  # no-op for SimCLR

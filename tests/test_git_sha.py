@@ -35,10 +35,16 @@ def test_git_sha_marks_dirty_tracked_changes_only(tmp_path: Path,
     assert git_sha(tmp_path) == "abc123"
 
 
-def test_git_sha_outside_a_checkout_is_unknown(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_git_sha_outside_a_checkout_is_the_installed_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
     monkeypatch.delenv("MOCOPIPE_GIT_SHA", raising=False)
-    assert git_sha(tmp_path) == "unknown"
+    try:
+        expected = f"mocopipe-{version('mocopipe')}"
+    except PackageNotFoundError:
+        expected = "unknown"
+    assert git_sha(tmp_path) == expected
 
 
 def test_submit_uses_the_same_function() -> None:

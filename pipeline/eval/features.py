@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline.augment import decode_image, eval_view, normalize
 from pipeline.config import AugmentConfig
-from pipeline.ingest.source import StreamStats, read_slices
+from pipeline.ingest.source import StreamOptions, StreamStats, read_slices
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.plan import ShardSlice
 from pipeline.shards.sources import IMAGE_EXTS
@@ -94,10 +94,9 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
     images: list[np.ndarray] = []
     labels: list[int] = []
     corrupt = 0
-    samples = read_slices(storage, dataset_uri, slices, needed, StreamStats(),
-                          read_ahead_bytes=read_ahead_bytes,
-                          max_retries=storage.cfg.max_retries,
-                          backoff_s=storage.cfg.retry_backoff_s)
+    opts = StreamOptions(read_ahead_bytes=read_ahead_bytes, max_retries=storage.cfg.max_retries,
+                         backoff_s=storage.cfg.retry_backoff_s)
+    samples = read_slices(storage, dataset_uri, slices, needed, StreamStats(), opts)
     with contextlib.closing(samples):  # a LabelError still stops the stream's thread
         for raw in samples:
             ext = next((e for e in IMAGE_EXTS if e in raw.files), None) if raw.files else None

@@ -235,9 +235,11 @@ def preflight(cfg: Config, *, ray_address: str | None = None, placement: bool = 
     dashboard URL from `mocopipe submit` is only probed). placement=False skips the
     resource comparison (the job's own driver runs it again on the cluster).
     """
+    from pipeline.config import validate_training
     from pipeline.storage import Storage
     from pipeline.tracking import client_for, resolve_tracking_uri
 
+    validate_training(cfg)  # the config itself first (e.g. data.train = "")
     uri = resolve_tracking_uri(cfg.mlflow)
     check_mlflow(uri)
     address = ray_address or cfg.ray.address or os.environ.get("RAY_ADDRESS", "")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.ingest.source import StreamOptions, StreamStats, read_slices
 from pipeline.ingest.stream import ObjectChanged, ReadAheadStream, StreamError
 from pipeline.shards.offsets import offsets_uri, parse_offsets, read_offsets
@@ -176,12 +176,13 @@ def test_resume_with_offset_seeks_reproduces_the_remaining_batches(tmp_path: Any
     dest, shards = _dataset(tmp_path, n=90, per_shard=32)
 
     def loader() -> Loader:
-        return Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                      augment=AugmentConfig(), dataset_uri=dest,
-                      shards=[(s.key, s.samples) for s in shards], rank=0,
-                      ingest=IngestConfig(readers_per_worker=2, shuffle_window=8,
-                                          read_ahead_mb=1, range_block_mb=1),
-                      world_size=1, per_rank_batch=6, seed=3, use_ray=False)
+        return Loader(DataConfig(train=dest, image_size=16),
+                      IngestConfig(readers_per_worker=2, shuffle_window=8, read_ahead_mb=1,
+                                   range_block_mb=1),
+                      AugmentConfig(),
+                      LoaderPlan([(s.key, s.samples) for s in shards], rank=0, world_size=1,
+                                 per_rank_batch=6, seed=3),
+                      storage=StorageConfig(), use_ray=False)
 
     full = list(loader().epoch(0))
     first = loader()

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 
 pytestmark = pytest.mark.unit
 
 
 def _loader() -> Loader:
-    return Loader(storage=StorageConfig(), data=DataConfig(image_size=20, channels=1),
-                  augment=AugmentConfig(), dataset_uri="s3://nowhere/at-all",
-                  shards=[("shard-000000.tar", 50), ("shard-000001.tar", 30)], rank=1,
-                  ingest=IngestConfig(readers_per_worker=2, synthetic=True),
-                  world_size=2, per_rank_batch=8, seed=0, use_ray=True)
+    return Loader(DataConfig(train="s3://nowhere/at-all", image_size=20, channels=1),
+                  IngestConfig(readers_per_worker=2, synthetic=True), AugmentConfig(),
+                  LoaderPlan([("shard-000000.tar", 50), ("shard-000001.tar", 30)], rank=1,
+                             world_size=2, per_rank_batch=8, seed=0),
+                  storage=StorageConfig(), use_ray=True)
 
 
 def test_synthetic_batches_have_the_real_shapes_and_resume_like_real_ones() -> None:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from pipeline.augment import BatchAugment, two_views
 from pipeline.config import AugmentConfig
 from pipeline.config_methods import SimclrConfig
-from pipeline.eval.features import extract_features, knn_top1
+from pipeline.eval.features import extract_features
+from pipeline.eval.knn import knn_top1
 from pipeline.model import SimCLR, small_cnn
 from pipeline.shards.fmnist import load_fashion_mnist
 

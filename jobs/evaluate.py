@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli import run_guarded
+from pipeline.cli.common import add_set
 from pipeline.config import ConfigError, load_config
 
 
@@ -20,12 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TOML config (a path inside the project)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    add_set(parser)
     parser.add_argument("--model", default=None,
                         help="models:/NAME/VERSION, models:/NAME@ALIAS or a run id "
                              "(default: models:/<registered model>@<nightly.alias>)")
     args = parser.parse_args(argv)
+    return run_guarded(lambda: _run(args), "jobs.evaluate")
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.eval_train:
         raise ConfigError("data.eval_train: evaluation needs labelled shards "

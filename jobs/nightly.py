@@ -14,7 +14,9 @@ import argparse
 import json
 import sys
 
-from pipeline.config import load_config
+from pipeline.cli import run_guarded
+from pipeline.cli.common import add_set
+from pipeline.config import ConfigError, load_config
 from pipeline.orchestrate.nightly_plan import parse_date
 
 
@@ -22,18 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.nightly",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TOML config (a path inside the project)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    add_set(parser)
     parser.add_argument("--date", default=None, help="the night, YYYY-MM-DD (default: today, UTC)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    date = parse_date(args.date)
 
-    from pipeline.orchestrate.nightly import run_nightly
+    def run() -> int:
+        cfg = load_config(args.config, args.overrides)
+        try:
+            date = parse_date(args.date)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
-    summary = run_nightly(cfg, date)
-    print(json.dumps(summary), flush=True)
-    return 0
+        from pipeline.orchestrate.nightly import run_nightly
+
+        summary = run_nightly(cfg, date)
+        print(json.dumps(summary), flush=True)
+        return 0
+
+    return run_guarded(run, "jobs.nightly")
 
 
 if __name__ == "__main__":

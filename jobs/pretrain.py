@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from pipeline.cli import EXIT_STOPPED, run_guarded
+from pipeline.cli.common import add_set
 from pipeline.config import load_config
 
 
@@ -21,17 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.pretrain",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="TOML config: a path, or a shipped name (demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    add_set(parser)
     parser.add_argument("--resume", default=None, help="MLflow run id or run name to continue")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)  # validated before anything starts
 
-    from pipeline.train.ray_trainer import run_training
+    def run() -> int:
+        cfg = load_config(args.config, args.overrides)  # validated before anything starts
 
-    summary = run_training(cfg, resume=args.resume)
-    print(json.dumps(summary), flush=True)
-    return 1 if summary.get("stopped") else 0
+        from pipeline.train.ray_trainer import run_training
+
+        summary = run_training(cfg, resume=args.resume)
+        print(json.dumps(summary), flush=True)
+        return EXIT_STOPPED if summary.get("stopped") else 0  # as `mocopipe train`
+
+    return run_guarded(run, "jobs.pretrain")
 
 
 if __name__ == "__main__":

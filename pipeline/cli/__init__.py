@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from pipeline.cli import bench, config, evaluate, finetune, jobs, shards, stack, train
 
@@ -58,18 +59,23 @@ def known_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, PermissionError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_guarded(fn: Callable[[], int | None], prog: str = "mocopipe") -> int:
+    """Run `fn` under THE error handler: known errors -> one line on stderr, exit 2;
+    Ctrl-C -> 130. Used by `main` and by the `jobs/*.py` entrypoints alike."""
     try:
-        rc = args.func(args)
+        rc = fn()
     except KeyboardInterrupt:
-        print("mocopipe: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except known_errors() as exc:
-        print(f"mocopipe: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return int(rc or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

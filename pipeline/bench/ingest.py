@@ -20,7 +20,7 @@ from pipeline.config import AugmentConfig, StorageConfig
 from pipeline.bench.reference import cpu_throughput
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import iter_members
-from pipeline.shards.manifest import read_manifest
+from pipeline.shards.manifest import read_manifest, shard_uri
 from pipeline.storage import Storage, is_s3, join, split_s3
 
 _MB = 2**20
@@ -108,7 +108,7 @@ def bench_ingest(dataset_uri: str, *, storage_cfg: StorageConfig | None = None,
                          f"rounds={rounds} net_rounds={net_rounds} max_mb={max_mb}")
     storage = Storage(storage_cfg or StorageConfig())
     manifest = read_manifest(storage, dataset_uri)
-    uris = [join(dataset_uri, s.key) for s in manifest.shards if s.samples > 0]
+    uris = [shard_uri(dataset_uri, s.key) for s in manifest.shards if s.samples > 0]
     if not uris:
         raise ValueError(f"bench ingest: {dataset_uri} has no non-empty shards")
     images = sample_images(storage, uris, samples)
@@ -117,7 +117,7 @@ def bench_ingest(dataset_uri: str, *, storage_cfg: StorageConfig | None = None,
     for shard in (s for s in manifest.shards if s.samples > 0):
         if picked and total + shard.bytes > max_mb * _MB:
             break
-        picked.append(join(dataset_uri, shard.key))
+        picked.append(shard_uri(dataset_uri, shard.key))
         total += shard.bytes
     net = network_throughput(storage, picked, rounds=net_rounds)
     return {"dataset": dataset_uri, "image_size": size, "images": len(images),

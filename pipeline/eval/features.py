@@ -26,7 +26,7 @@ from webdataset.tariterators import tar_file_iterator
 
 from pipeline.augment import decode_image, eval_view, normalize
 from pipeline.config import AugmentConfig
-from pipeline.shards.manifest import read_manifest
+from pipeline.shards.manifest import read_manifest, shard_uri
 from pipeline.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
     for shard in manifest.shards:
         if len(images) >= want:
             break
-        uri = join(dataset_uri, shard.key)
+        uri = shard_uri(dataset_uri, shard.key)
         for key, sample in _iter_tar_samples(storage, uri):
             if len(images) >= want:
                 break

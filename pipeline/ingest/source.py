@@ -23,7 +23,8 @@ from webdataset.tariterators import base_plus_ext
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import TarFormatError, iter_members
 from pipeline.shards.plan import ShardSlice
-from pipeline.storage import Storage, join
+from pipeline.shards.manifest import shard_uri
+from pipeline.storage import Storage
 
 
 @dataclass
@@ -54,7 +55,11 @@ class StreamStats:
 @dataclass
 class _Cursor:
     key: str | None = None
-    index: int = -1
+    index: int = -1  # index of the newest run with an image member
+    image: bool = False  # the current run has shown its image member
+
+
+_IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})  # as pipeline.ingest.reader
 
 
 def read_slices(storage: Storage, dataset_uri: str, slices: Iterable[ShardSlice],
@@ -66,7 +71,7 @@ def read_slices(storage: Storage, dataset_uri: str, slices: Iterable[ShardSlice]
         want = sorted(m for m in range(sl.start, sl.stop) if (sl.shard, m) in needed)
         if not want:
             continue
-        stream = ReadAheadStream(storage, join(dataset_uri, sl.shard),
+        stream = ReadAheadStream(storage, shard_uri(dataset_uri, sl.shard),
                                  read_ahead_bytes=read_ahead_bytes, chunk_bytes=chunk_bytes,
                                  max_retries=max_retries, backoff_s=backoff_s)
         stats.open_streams.append(stream)
@@ -83,41 +88,52 @@ def _read_one(stream: ReadAheadStream, shard: str, want: list[int]) -> Iterator[
     """The needed members ``want`` (sorted indices) of one shard's tar stream.
 
     Samples are runs of consecutive members sharing a key (webdataset's `base_plus_ext`);
-    the i-th run is member index i. Reading stops once the run of index ``want[-1]`` ends.
+    member index i is the i-th run *with an image member* (runs without one, e.g. the
+    failed downloads of an img2dataset shard, are not samples: `shards index` does not
+    count them either). Side members (``.json``, ``.txt``) before the image are read when
+    the sample may be needed; reading stops once the run of index ``want[-1]`` ends.
     A sample whose run was cut short by a format error is reported as unreadable.
     """
     wanted, last = set(want), want[-1]
     cur = _Cursor()
 
     def select(fname: str) -> bool:
-        key, _ = base_plus_ext(fname)
-        if key is not None and key != cur.key:
-            cur.key, cur.index = key, cur.index + 1
-        return key is not None and cur.index in wanted
+        key, ext = base_plus_ext(fname)
+        if key is None:
+            return False
+        if key != cur.key:
+            cur.key, cur.image = key, False
+        if not cur.image and (ext or "").lower() in _IMAGE_EXTS:
+            cur.image, cur.index = True, cur.index + 1
+        return (cur.index if cur.image else cur.index + 1) in wanted
 
     group: dict[str, bytes] = {}
-    group_index, group_key = -1, ""
+    group_key: str | None = None
+    group_index = -1  # >= 0 once the run's (wanted) image member was read
     emitted: set[int] = set()
     failure = ""
     try:
         for fname, data in iter_members(stream, select):
+            key, ext = base_plus_ext(fname)
+            if key != group_key:
+                if group_index >= 0:
+                    emitted.add(group_index)
+                    yield RawSample(shard, group_index, group, key=group_key or "")
+                group, group_key, group_index = {}, key, -1
             if cur.index > last:
                 break
-            if cur.index != group_index and group:
-                emitted.add(group_index)
-                yield RawSample(shard, group_index, group, key=group_key)
-                group = {}
             if data is None:
                 continue
-            group_index, group_key = cur.index, cur.key or ""
-            _, ext = base_plus_ext(fname)
-            group[ext.lower()] = data
+            ext = (ext or "").lower()
+            group[ext] = data
+            if ext in _IMAGE_EXTS and group_index < 0:
+                group_index = cur.index
     except TarFormatError as exc:
         failure = f"unreadable tar ({exc})"
-        group = {}  # the sample being read may be incomplete
-    if group:
+        group_index = -1  # the sample being read may be incomplete
+    if group_index >= 0:
         emitted.add(group_index)
-        yield RawSample(shard, group_index, group, key=group_key)
+        yield RawSample(shard, group_index, group, key=group_key or "")
     for m in want:
         if m not in emitted:
             yield RawSample(shard, m, None, failure or "sample missing from the tar")

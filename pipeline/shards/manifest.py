@@ -3,6 +3,13 @@
 Layout: ``DATASET/shard-000000.tar ...`` + ``DATASET/manifest.json``. The writer uploads
 every shard first and writes the manifest last (atomically), so a crash never exposes a
 partial shard. `Manifest.sha256` (of `to_json()`) is the MLflow tag ``mocopipe.manifest_sha``.
+
+A dataset is named either by its folder (``s3://b/ds`` -> ``s3://b/ds/manifest.json``) or by
+the URI of a manifest file (anything ending in ``.json``, e.g. an index written by
+`mocopipe shards index --manifest s3://work/laion.json`). A shard key is relative to the
+manifest's folder, or the shard's full URI (``s3://...`` or an absolute local path) when the
+shards live elsewhere (`shard_uri` resolves both). Indexed shards carry their ETag, image
+formats and image-less samples; their sha256 is "" unless the index was asked for it.
 """
 
 from __future__ import annotations
@@ -39,11 +46,44 @@ def shard_key(index: int) -> str:
 
 @dataclass
 class ShardInfo:
-    key: str  # "shard-000000.tar", relative to the dataset
-    samples: int
+    key: str  # "shard-000000.tar" relative to the manifest's folder, or a full URI
+    samples: int  # samples with an image member (the readers' member indices)
     bytes: int
-    sha256: str
+    sha256: str  # "" when not computed (`shards index` without --sha256)
     added_at: str  # ISO-8601 UTC
+    etag: str = ""  # storage ETag when indexed ("" = not recorded); `shards check` compares
+    formats: list[str] = field(default_factory=list)  # image extensions seen, sorted
+    no_image: int = 0  # samples without an image member (skipped by the readers)
+
+
+_OPTIONAL = {"etag": "", "formats": [], "no_image": 0}
+
+
+def is_manifest_file(uri: str) -> bool:
+    """True when `uri` names a manifest file (``*.json``) rather than a dataset folder."""
+    return uri.rstrip("/").endswith(".json")
+
+
+def manifest_uri(dataset_uri: str) -> str:
+    """``s3://b/ds -> s3://b/ds/manifest.json``; a ``*.json`` URI is returned unchanged."""
+    if not dataset_uri:
+        raise ManifestError("dataset URI is empty (name a dataset folder or a manifest .json)")
+    return dataset_uri if is_manifest_file(dataset_uri) else join(dataset_uri, MANIFEST_NAME)
+
+
+def is_absolute_key(key: str) -> bool:
+    """A shard key that is a full location (``s3://...`` or an absolute local path)."""
+    return key.startswith("s3://") or key.startswith("/")
+
+
+def shard_uri(dataset_uri: str, key: str) -> str:
+    """Where shard `key` of the dataset named `dataset_uri` (folder or manifest file) lives."""
+    if is_absolute_key(key):
+        return key
+    if is_manifest_file(dataset_uri):
+        base = dataset_uri.rstrip("/").rsplit("/", 1)[0] if "/" in dataset_uri else "."
+        return join(base, key)
+    return join(dataset_uri, key)
 
 
 @dataclass
@@ -59,9 +99,17 @@ class Manifest:
     created_at: str = ""
     updated_at: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; optional shard fields at their defaults are left out, so a
+        manifest without indexed shards serialises exactly as before they existed."""
+        raw = dataclasses.asdict(self)
+        raw["shards"] = [{k: v for k, v in s.items() if k not in _OPTIONAL or v != _OPTIONAL[k]}
+                         for s in raw["shards"]]
+        return raw
+
     def to_json(self) -> str:
         """Stable JSON (fixed field order, 2-space indent, trailing newline)."""
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "manifest") -> Manifest:
@@ -130,30 +178,41 @@ class Manifest:
 def _shard_info(raw: Any, where: str) -> ShardInfo:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: expected an object")
-    spec = {"key": str, "samples": int, "bytes": int, "sha256": str, "added_at": str}
-    if set(raw) != set(spec):
-        raise ManifestError(f"{where}: expected fields {', '.join(spec)}, got {', '.join(raw)}")
-    for name, tp in spec.items():
-        if not isinstance(raw[name], tp) or isinstance(raw[name], bool):
-            raise ManifestError(f"{where}.{name}: {raw[name]!r} is not a {tp.__name__}")
+    spec: dict[str, type] = {"key": str, "samples": int, "bytes": int, "sha256": str,
+                             "added_at": str, "etag": str, "formats": list, "no_image": int}
+    required = set(spec) - set(_OPTIONAL)
+    if not required <= set(raw) <= set(spec):
+        raise ManifestError(f"{where}: expected fields {', '.join(spec)} (the last "
+                            f"{len(_OPTIONAL)} optional), got {', '.join(raw)}")
+    for name, value in raw.items():
+        tp = spec[name]
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise ManifestError(f"{where}.{name}: {value!r} is not a {tp.__name__}")
     info = ShardInfo(**raw)
-    if "/" in info.key or not info.key.endswith(".tar"):
-        raise ManifestError(f"{where}.key: {info.key!r} must be a file name ending in .tar")
-    if info.samples < 0 or info.bytes < 0:
-        raise ManifestError(f"{where}: negative samples/bytes")
-    if not re.fullmatch(r"[0-9a-f]{64}", info.sha256):
+    if not all(isinstance(f, str) for f in info.formats):
+        raise ManifestError(f"{where}.formats: {info.formats!r} must be a list of strings")
+    if not info.key.endswith(".tar") or ".." in info.key.split("/") \
+            or (not is_absolute_key(info.key) and info.key.startswith("/")):
+        raise ManifestError(f"{where}.key: {info.key!r} must be a .tar path under the "
+                            f"manifest's folder or a full s3:// / absolute URI")
+    if info.samples < 0 or info.bytes < 0 or info.no_image < 0:
+        raise ManifestError(f"{where}: negative samples/bytes/no_image")
+    if info.sha256 and not re.fullmatch(r"[0-9a-f]{64}", info.sha256):
         raise ManifestError(f"{where}.sha256: {info.sha256!r} is not a sha256 hex digest")
     return info
 
 
 def read_manifest(storage: Storage, dataset_uri: str) -> Manifest:
-    """Read ``DATASET/manifest.json``; ManifestError when it is missing or invalid."""
-    uri = join(dataset_uri, MANIFEST_NAME)
+    """Read ``DATASET/manifest.json`` (or the manifest file `dataset_uri` itself when it ends
+    in ``.json``); ManifestError when it is missing or invalid."""
+    uri = manifest_uri(dataset_uri)
     try:
         text = storage.get_bytes(uri).decode("utf-8")
     except ObjectNotFound as exc:
+        if is_manifest_file(dataset_uri):
+            raise ManifestError(f"{uri}: no such manifest file") from exc
         raise ManifestError(f"{dataset_uri}: no {MANIFEST_NAME} (not a mocopipe dataset, or "
-                            f"`mocopipe shards write` has not finished)") from exc
+                            f"`mocopipe shards write` / `shards index` has not finished)") from exc
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{uri}: not UTF-8 text") from exc
     return Manifest.from_json(text, source=uri)
@@ -161,5 +220,5 @@ def read_manifest(storage: Storage, dataset_uri: str) -> Manifest:
 
 def write_manifest(storage: Storage, dataset_uri: str, manifest: Manifest) -> None:
     """Validate, then write ``DATASET/manifest.json`` atomically (one PUT / os.replace)."""
-    manifest.validate(join(dataset_uri, MANIFEST_NAME))
-    storage.put_bytes(join(dataset_uri, MANIFEST_NAME), manifest.to_json().encode("utf-8"))
+    manifest.validate(manifest_uri(dataset_uri))
+    storage.put_bytes(manifest_uri(dataset_uri), manifest.to_json().encode("utf-8"))

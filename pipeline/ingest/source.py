@@ -22,8 +22,8 @@ from webdataset.tariterators import base_plus_ext
 
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import TarFormatError, iter_members
-from pipeline.shards.plan import ShardSlice
 from pipeline.shards.manifest import shard_uri
+from pipeline.shards.plan import ShardSlice
 from pipeline.storage import Storage
 
 

@@ -73,7 +73,7 @@ def manifest_uri(dataset_uri: str) -> str:
 
 def is_absolute_key(key: str) -> bool:
     """A shard key that is a full location (``s3://...`` or an absolute local path)."""
-    return key.startswith("s3://") or key.startswith("/")
+    return key.startswith(("s3://", "/"))
 
 
 def shard_uri(dataset_uri: str, key: str) -> str:
@@ -222,3 +222,55 @@ def write_manifest(storage: Storage, dataset_uri: str, manifest: Manifest) -> No
     """Validate, then write ``DATASET/manifest.json`` atomically (one PUT / os.replace)."""
     manifest.validate(manifest_uri(dataset_uri))
     storage.put_bytes(manifest_uri(dataset_uri), manifest.to_json().encode("utf-8"))
+
+
+class ManifestConflict(ManifestError):
+    """Another writer replaced the manifest since it was read (lost compare-and-swap race)."""
+
+
+def swap_manifest(storage: Storage, dataset_uri: str, manifest: Manifest, *,
+                  expect_etag: str | None) -> None:
+    """Write the manifest only if it is still the one read (compare-and-swap).
+
+    `expect_etag`: the ETag of the manifest this one replaces (from
+    `pipeline.shards.indexio.object_etag`), None when the manifest must not exist yet. S3:
+    one conditional PUT (``If-Match`` / ``If-None-Match: *``), atomic on the server. Local: an
+    exclusive ``flock`` on ``MANIFEST.lock`` around check + atomic replace.
+
+    Raises:
+        ManifestConflict: the manifest changed (or appeared) since it was read; nothing was
+            written. Re-reading it and merging again is safe.
+    """
+    from pipeline.shards.indexio import object_etag
+    from pipeline.storage import StorageError, is_s3, split_s3
+
+    uri = manifest_uri(dataset_uri)
+    manifest.validate(uri)
+    body = manifest.to_json().encode("utf-8")
+    lost = (f"{uri}: another writer replaced the manifest while this one ran; nothing was "
+            f"lost (the new shards stay stored under unique names): run the same command "
+            f"again to merge")
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        cond = {"IfNoneMatch": "*"} if expect_etag is None else {"IfMatch": expect_etag}
+        try:
+            with storage._errors(uri, "put_object"):
+                storage.client.put_object(Bucket=bucket, Key=key, Body=body, **cond)
+        except StorageError as exc:
+            code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise ManifestConflict(lost) from exc
+            raise
+        return
+    import fcntl
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    with open(uri + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if object_etag(storage, uri) != expect_etag:
+                raise ManifestConflict(lost)
+            storage.put_bytes(uri, body)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

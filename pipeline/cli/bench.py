@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from pipeline.bench.plan import add_cli as add_bench_plan
 from pipeline.cli.common import config_args
 from pipeline.config import ConfigError, load_config
 
@@ -15,6 +16,7 @@ def add_bench(sub: Any) -> None:
     s = p.add_subparsers(dest="bench_cmd", required=True)
     _add_bench_ingest(s)
     _add_bench_train(s)
+    add_bench_plan(s)
 
 
 def _add_bench_ingest(s: Any) -> None:

@@ -24,7 +24,10 @@ from typing import Any
 
 from pipeline.storage import ObjectNotFound, Storage, join
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the in-memory layout; also the indented JSON form on storage
+COMPACT_VERSION = 2  # columnar, unindented JSON: manifests of COMPACT_MIN_SHARDS shards or more
+COMPACT_MIN_SHARDS = 10_000
+_COLUMNS = ("key", "samples", "bytes", "sha256", "added_at", "etag", "formats", "no_image")
 MANIFEST_NAME = "manifest.json"
 SHARD_KEY = re.compile(r"^shard-(\d{6,})\.tar$")
 
@@ -44,7 +47,7 @@ def shard_key(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-@dataclass
+@dataclass(slots=True)
 class ShardInfo:
     key: str  # "shard-000000.tar" relative to the manifest's folder, or a full URI
     samples: int  # samples with an image member (the readers' member indices)
@@ -121,9 +124,13 @@ class Manifest:
         if not isinstance(raw, dict):
             raise ManifestError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION:
+        if version == COMPACT_VERSION:
+            raw = {**raw, "format_version": FORMAT_VERSION,
+                   "shards": _rows(raw.get("shards"), f"{source}: shards")}
+        elif version != FORMAT_VERSION:
             raise ManifestError(f"{source}: format_version {version!r} is not supported "
-                                f"(this mocopipe reads version {FORMAT_VERSION})")
+                                f"(this mocopipe reads versions {FORMAT_VERSION} and "
+                                f"{COMPACT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(raw) - {"skipped", "created_at", "updated_at"})
         if missing:
@@ -134,7 +141,8 @@ class Manifest:
         shards = raw["shards"]
         if not isinstance(shards, list):
             raise ManifestError(f"{source}: shards must be a list")
-        infos = [_shard_info(s, f"{source}: shards[{i}]") for i, s in enumerate(shards)]
+        infos = shards if version == COMPACT_VERSION else \
+            [_shard_info(s, f"{source}: shards[{i}]") for i, s in enumerate(shards)]
         manifest = cls(**{**raw, "shards": infos})
         manifest.validate(source)
         return manifest
@@ -162,8 +170,9 @@ class Manifest:
 
     @property
     def sha256(self) -> str:
-        """sha256 hex digest of `to_json()` (the run tag ``mocopipe.manifest_sha``)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """sha256 hex digest of `manifest_bytes(self)` (the run tag ``mocopipe.manifest_sha``;
+        below COMPACT_MIN_SHARDS shards that is `to_json()`)."""
+        return hashlib.sha256(manifest_bytes(self)).hexdigest()
 
     def shard_counts(self) -> list[tuple[str, int]]:
         """``[(shard key, samples)]`` in manifest order (the epoch plan's input)."""
@@ -173,6 +182,49 @@ class Manifest:
         """One past the highest ``shard-NNNNNN.tar`` index (0 for an empty dataset)."""
         indices = [int(m.group(1)) for s in self.shards if (m := SHARD_KEY.match(s.key))]
         return max(indices, default=-1) + 1
+
+
+def manifest_bytes(manifest: Manifest, *, compact: bool | None = None) -> bytes:
+    """The stored form: `to_json()` (format 1), or with ``compact`` (default: from
+    COMPACT_MIN_SHARDS shards on) format 2, one column per shard field and no indentation,
+    about 3x smaller and several times faster to read at a million shards."""
+    if compact is None:
+        compact = len(manifest.shards) >= COMPACT_MIN_SHARDS
+    if not compact:
+        return manifest.to_json().encode("utf-8")
+    raw = dataclasses.asdict(dataclasses.replace(manifest, shards=[]))
+    raw["format_version"] = COMPACT_VERSION
+    raw["shards"] = {c: [getattr(s, c) for s in manifest.shards] for c in _COLUMNS}
+    return (json.dumps(raw, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _rows(columns: Any, where: str) -> list[ShardInfo]:
+    """Format 2's columns -> validated ShardInfo rows (column-wise checks: fast at 1M)."""
+    if not isinstance(columns, dict) or set(columns) != set(_COLUMNS):
+        raise ManifestError(f"{where}: expected the columns {', '.join(_COLUMNS)}")
+    n = len(columns["key"])
+    for name, tp in zip(_COLUMNS, (str, int, int, str, str, str, list, int)):
+        col = columns[name]
+        if not isinstance(col, list) or len(col) != n:
+            raise ManifestError(f"{where}.{name}: expected a list of {n} values")
+        bad = next((i for i, v in enumerate(col) if type(v) is not tp), None)
+        if bad is not None:
+            raise ManifestError(f"{where}.{name}[{bad}]: {col[bad]!r} is not a {tp.__name__}")
+    for i, key in enumerate(columns["key"]):
+        if not key.endswith(".tar") or "/.." in key or key.startswith(".."):
+            _shard_info({c: columns[c][i] for c in _COLUMNS}, f"{where}[{i}]")  # raises
+    if min(columns["samples"], default=0) < 0 or min(columns["bytes"], default=0) < 0 \
+            or min(columns["no_image"], default=0) < 0:
+        raise ManifestError(f"{where}: negative samples/bytes/no_image")
+    sha = re.compile(r"[0-9a-f]{64}")
+    for i, digest in enumerate(columns["sha256"]):
+        if digest and not sha.fullmatch(digest):
+            raise ManifestError(f"{where}.sha256[{i}]: {digest!r} is not a sha256 hex digest")
+    for name in ("added_at", "formats"):  # few distinct values: share them (memory at 1M)
+        seen: dict[Any, Any] = {}
+        columns[name] = [seen.setdefault(v if isinstance(v, str) else tuple(v), v)
+                         for v in columns[name]]
+    return [ShardInfo(*row) for row in zip(*(columns[c] for c in _COLUMNS))]
 
 
 def _shard_info(raw: Any, where: str) -> ShardInfo:
@@ -221,7 +273,7 @@ def read_manifest(storage: Storage, dataset_uri: str) -> Manifest:
 def write_manifest(storage: Storage, dataset_uri: str, manifest: Manifest) -> None:
     """Validate, then write ``DATASET/manifest.json`` atomically (one PUT / os.replace)."""
     manifest.validate(manifest_uri(dataset_uri))
-    storage.put_bytes(manifest_uri(dataset_uri), manifest.to_json().encode("utf-8"))
+    storage.put_bytes(manifest_uri(dataset_uri), manifest_bytes(manifest))
 
 
 class ManifestConflict(ManifestError):
@@ -246,7 +298,7 @@ def swap_manifest(storage: Storage, dataset_uri: str, manifest: Manifest, *,
 
     uri = manifest_uri(dataset_uri)
     manifest.validate(uri)
-    body = manifest.to_json().encode("utf-8")
+    body = manifest_bytes(manifest)
     lost = (f"{uri}: another writer replaced the manifest while this one ran; nothing was "
             f"lost (the new shards stay stored under unique names): run the same command "
             f"again to merge")

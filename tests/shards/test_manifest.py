@@ -40,7 +40,8 @@ def test_round_trip_and_sha(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(format_version=2), "format_version 2"),
+    (lambda d: d.update(format_version=3), "format_version 3"),
+    (lambda d: d.update(format_version=2), "expected the columns"),
     (lambda d: d.update(total_samples=34), "total_samples 34"),
     (lambda d: d.update(total_bytes=1), "total_bytes 1"),
     (lambda d: d["shards"][1].update(key="shard-000000.tar"), "duplicate shard key"),

@@ -1,0 +1,153 @@
+"""`mocopipe bench plan`: the cost of the manifest and the epoch plan as the corpus grows.
+
+For each corpus size (synthetic manifests of 10k, 100k, 1M shards of ~10k samples, full
+``s3://`` URIs as keys, as `shards index` writes them) and each manifest form (the indented
+JSON of format 1, the compact columnar JSON of format 2), one fresh child process measures:
+the time to read + validate the manifest (the driver's `read_manifest`), the time to plan one
+epoch for 8, 64 and 512 ranks x 4 readers (`plan_epoch`), the peak RSS of that process
+(driver), and the largest plan one worker keeps (its rank's slices). The baseline the ratios
+are taken against is format 1, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+SIZES = (10_000, 100_000, 1_000_000)
+RANKS = (8, 64, 512)
+READERS = 4
+PER_RANK_BATCH = 256
+
+
+def synthetic_manifest(shards: int, seed: int = 0) -> Any:  # -> Manifest
+    """A valid manifest of `shards` indexed shards (9k-11k samples, ~100 KB per sample)."""
+    from pipeline.shards.manifest import FORMAT_VERSION, Manifest, ShardInfo
+
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(9_000, 11_000, shards).tolist()
+    infos = [ShardInfo(key=f"s3://corpus/laion/{i:07d}.tar", samples=n, bytes=n * 100_000,
+                       sha256="", added_at="2026-11-28T00:00:00.000000Z",
+                       etag=f'"{i:032x}"', formats=["jpg"], no_image=0)
+             for i, n in enumerate(samples)]
+    return Manifest(format_version=FORMAT_VERSION, dataset="laion", shards=infos,
+                    total_samples=sum(samples), total_bytes=sum(s.bytes for s in infos),
+                    labelled=False, classes=[], created_at="2026-11-28T00:00:00.000000Z",
+                    updated_at="2026-11-28T00:00:00.000000Z")
+
+
+def _child(path: str, ranks: list[int]) -> dict[str, Any]:
+    """In a fresh process: load the manifest at `path`, plan for each rank count."""
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.plan import plan_epoch
+    from pipeline.storage import Storage
+
+    base_mb = _peak_mb()
+    t0 = time.perf_counter()
+    manifest = read_manifest(Storage(), path)
+    counts = manifest.shard_counts()
+    out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "plans": {}}
+    for world in ranks:
+        t1 = time.perf_counter()
+        plan = plan_epoch(counts, seed=1, epoch=3, world_size=world,
+                          per_rank_batch=PER_RANK_BATCH, readers_per_rank=READERS)
+        worker = max(sum(len(r.slices) for r in rank.readers) for rank in plan.ranks)
+        out["plans"][str(world)] = {"plan_s": time.perf_counter() - t1, "worker_slices": worker}
+        del plan
+    out["peak_mb"] = _peak_mb()
+    out["import_mb"] = base_mb
+    return out
+
+
+def _peak_mb() -> float:
+    """Peak RSS of this process since its exec (VmHWM; ru_maxrss would include the peak of
+    the parent that forked it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_plan(sizes: tuple[int, ...] = SIZES, ranks: tuple[int, ...] = RANKS) -> list[dict]:
+    """One row per (shards, manifest form): load_s, plan_s per rank count, peak_mb."""
+    from pipeline.shards.manifest import manifest_bytes
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mocopipe-bench-plan-") as tmp:
+        for n in sizes:
+            manifest = synthetic_manifest(n)
+            for compact in (False, True):
+                path = os.path.join(tmp, f"m{n}-{int(compact)}.json")
+                with open(path, "wb") as f:
+                    f.write(manifest_bytes(manifest, compact=compact))
+                size_mb = os.path.getsize(path) / 2**20
+                proc = subprocess.run(
+                    [sys.executable, "-m", "pipeline.bench.plan", "--child", path,
+                     ",".join(map(str, ranks))], capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"bench plan child failed: {proc.stderr[-2000:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows.append({"shards": n, "form": "json-v2" if compact else "json-v1",
+                             "file_mb": size_mb, **result})
+                os.remove(path)
+            del manifest
+    return rows
+
+
+def format_report(rows: list[dict]) -> str:
+    ranks = list(rows[0]["plans"]) if rows else []
+    head = (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>7} "
+            + " ".join(f"{'plan ' + r + 'x4 s':>13}" for r in ranks)
+            + f" {'load+plan512':>12} {'peak MB':>8} {'worker slices':>13}")
+    lines = [head]
+    for row in rows:
+        plans = row["plans"]
+        total = row["load_s"] + plans[ranks[-1]]["plan_s"]
+        lines.append(f"{row['shards']:>9} {row['form']:>8} {row['file_mb']:>8.1f} "
+                     f"{row['load_s']:>7.2f} "
+                     + " ".join(f"{plans[r]['plan_s']:>13.2f}" for r in ranks)
+                     + f" {total:>12.2f} {row['peak_mb']:>8.0f} "
+                     f"{plans[ranks[-1]]['worker_slices']:>13}")
+    lines.append(f"(per-rank batch {PER_RANK_BATCH}; peak MB = max RSS of the process that "
+                 f"loads and plans; worker slices = the most shard slices one rank's "
+                 f"readers hold at {ranks[-1] if ranks else '-'} ranks)")
+    return "\n".join(lines)
+
+
+def add_cli(sub: Any) -> None:
+    """The `bench plan` sub-command (registered by pipeline.cli.bench)."""
+    p = sub.add_parser("plan", help="manifest load + epoch plan time and memory at 10k-1M shards")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="shard counts")
+    p.add_argument("--ranks", default=",".join(map(str, RANKS)), help="world sizes")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cmd)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} {text!r}: expected positive integers, e.g. 10000,100000")
+    return values
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    rows = bench_plan(_ints(args.sizes, "--sizes"), _ints(args.ranks, "--ranks"))
+    print(json.dumps(rows) if args.json else format_report(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(_child(sys.argv[2], [int(r) for r in sys.argv[3].split(",")])))

@@ -29,7 +29,7 @@ COMPACT_VERSION = 2  # columnar, unindented JSON: manifests of COMPACT_MIN_SHARD
 COMPACT_MIN_SHARDS = 10_000
 _COLUMNS = ("key", "samples", "bytes", "sha256", "added_at", "etag", "formats", "no_image")
 MANIFEST_NAME = "manifest.json"
-SHARD_KEY = re.compile(r"^shard-(\d{6,})\.tar$")
+SHARD_KEY = re.compile(r"^shard-(\d{6,})(?:-[0-9a-f]{12})?\.tar$")
 
 
 class ManifestError(ValueError):
@@ -42,9 +42,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def shard_key(index: int) -> str:
-    """``3 -> "shard-000003.tar"``."""
-    return f"shard-{index:06d}.tar"
+def shard_key(index: int, sha256: str = "") -> str:
+    """``3 -> "shard-000003.tar"``; with the shard's sha256 ``"shard-000003-0a1b2c3d4e5f.tar"``
+    (appends and rewrites: a name no other writer's different bytes can take)."""
+    return f"shard-{index:06d}-{sha256[:12]}.tar" if sha256 else f"shard-{index:06d}.tar"
 
 
 @dataclass(slots=True)
@@ -286,8 +287,9 @@ def swap_manifest(storage: Storage, dataset_uri: str, manifest: Manifest, *,
 
     `expect_etag`: the ETag of the manifest this one replaces (from
     `pipeline.shards.indexio.object_etag`), None when the manifest must not exist yet. S3:
-    one conditional PUT (``If-Match`` / ``If-None-Match: *``), atomic on the server. Local: an
-    exclusive ``flock`` on ``MANIFEST.lock`` around check + atomic replace.
+    one conditional PUT (``If-Match`` / ``If-None-Match: *``), atomic on the server (SeaweedFS
+    honours both). Local: an exclusive ``flock`` on the manifest's folder around check +
+    atomic replace.
 
     Raises:
         ManifestConflict: the manifest changed (or appeared) since it was read; nothing was
@@ -317,12 +319,13 @@ def swap_manifest(storage: Storage, dataset_uri: str, manifest: Manifest, *,
     import fcntl
     import os
 
-    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-    with open(uri + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if object_etag(storage, uri) != expect_etag:
-                raise ManifestConflict(lost)
-            storage.put_bytes(uri, body)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    folder = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if object_etag(storage, uri) != expect_etag:
+            raise ManifestConflict(lost)
+        storage.put_bytes(uri, body)
+    finally:
+        os.close(fd)  # releases the lock

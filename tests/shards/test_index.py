@@ -139,3 +139,20 @@ def test_loader_reads_batches_from_an_indexed_external_corpus(tmp_path: Path) ->
     failed = {f"{i:09d}" for i in range(30) if i % 7 == 3}
     assert not failed & {k.rsplit("/", 1)[-1] for k in keys}
     assert batches[0]["view1"].shape == (4, 3, 16, 16)
+
+
+def test_side_members_ride_along_and_imageless_samples_are_not_members(tmp_path: Path) -> None:
+    from pipeline.ingest.source import StreamStats, read_slices
+    from pipeline.shards.plan import ShardSlice
+
+    corpus = write_corpus(tmp_path / "src", shards=2, per_shard=10)
+    key = str(corpus.tars[1])  # keys 10..19; 10 and 17 have no image; .npy members too
+    raw = list(read_slices(Storage(), str(tmp_path / "i.json"), [ShardSlice(key, 0, 8)],
+                           {(key, m) for m in range(1, 8)}, StreamStats(),
+                           read_ahead_bytes=2**20, max_retries=1, backoff_s=0.01))
+    assert [r.member for r in raw] == list(range(1, 8))
+    assert [r.key for r in raw] == [f"{i:09d}" for i in (12, 13, 14, 15, 16, 18, 19)]
+    for r in raw:
+        assert r.files is not None and {"json", "txt", "npy"} <= set(r.files)
+        assert sum(e in r.files for e in ("jpg", "png", "webp")) == 1
+        assert r.files["txt"] == f"caption {int(r.key)}".encode()

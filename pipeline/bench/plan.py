@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -79,9 +80,13 @@ def _peak_mb() -> float:
 
 def bench_plan(sizes: tuple[int, ...] = SIZES, ranks: tuple[int, ...] = RANKS) -> list[dict]:
     """One row per (shards, manifest form): load_s, plan_s per rank count, peak_mb."""
+    return list(iter_rows(sizes, ranks))
+
+
+def iter_rows(sizes: tuple[int, ...], ranks: tuple[int, ...]) -> Iterator[dict]:
+    """`bench_plan`'s rows, each as soon as it is measured."""
     from pipeline.shards.manifest import manifest_bytes
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="mocopipe-bench-plan-") as tmp:
         for n in sizes:
             manifest = synthetic_manifest(n)
@@ -96,31 +101,35 @@ def bench_plan(sizes: tuple[int, ...] = SIZES, ranks: tuple[int, ...] = RANKS) -
                 if proc.returncode != 0:
                     raise RuntimeError(f"bench plan child failed: {proc.stderr[-2000:]}")
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows.append({"shards": n, "form": "json-v2" if compact else "json-v1",
-                             "file_mb": size_mb, **result})
                 os.remove(path)
+                yield {"shards": n, "form": "json-v2" if compact else "json-v1",
+                       "file_mb": size_mb, **result}
             del manifest
-    return rows
+
+
+def format_header(ranks: list[str]) -> str:
+    return (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>7} "
+            + " ".join(f"{'plan ' + r + 'x4 s':>13}" for r in ranks)
+            + f" {'load+plan' + ranks[-1]:>12} {'peak MB':>8} {'worker slices':>13}")
+
+
+def format_row(row: dict) -> str:
+    plans = row["plans"]
+    ranks = list(plans)
+    total = row["load_s"] + plans[ranks[-1]]["plan_s"]
+    return (f"{row['shards']:>9} {row['form']:>8} {row['file_mb']:>8.1f} {row['load_s']:>7.2f} "
+            + " ".join(f"{plans[r]['plan_s']:>13.2f}" for r in ranks)
+            + f" {total:>12.2f} {row['peak_mb']:>8.0f} {plans[ranks[-1]]['worker_slices']:>13}")
 
 
 def format_report(rows: list[dict]) -> str:
-    ranks = list(rows[0]["plans"]) if rows else []
-    head = (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>7} "
-            + " ".join(f"{'plan ' + r + 'x4 s':>13}" for r in ranks)
-            + f" {'load+plan512':>12} {'peak MB':>8} {'worker slices':>13}")
-    lines = [head]
-    for row in rows:
-        plans = row["plans"]
-        total = row["load_s"] + plans[ranks[-1]]["plan_s"]
-        lines.append(f"{row['shards']:>9} {row['form']:>8} {row['file_mb']:>8.1f} "
-                     f"{row['load_s']:>7.2f} "
-                     + " ".join(f"{plans[r]['plan_s']:>13.2f}" for r in ranks)
-                     + f" {total:>12.2f} {row['peak_mb']:>8.0f} "
-                     f"{plans[ranks[-1]]['worker_slices']:>13}")
-    lines.append(f"(per-rank batch {PER_RANK_BATCH}; peak MB = max RSS of the process that "
-                 f"loads and plans; worker slices = the most shard slices one rank's "
-                 f"readers hold at {ranks[-1] if ranks else '-'} ranks)")
-    return "\n".join(lines)
+    ranks = list(rows[0]["plans"]) if rows else [str(r) for r in RANKS]
+    return "\n".join([format_header(ranks)] + [format_row(r) for r in rows] + [_NOTE])
+
+
+_NOTE = (f"(per-rank batch {PER_RANK_BATCH}, {READERS} readers per rank; peak MB = max RSS of "
+         "the process that loads and plans; worker slices = the most shard slices one rank's "
+         "readers hold at the largest world size)")
 
 
 def add_cli(sub: Any) -> None:
@@ -143,8 +152,14 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    rows = bench_plan(_ints(args.sizes, "--sizes"), _ints(args.ranks, "--ranks"))
-    print(json.dumps(rows) if args.json else format_report(rows))
+    sizes, ranks = _ints(args.sizes, "--sizes"), _ints(args.ranks, "--ranks")
+    if args.json:
+        print(json.dumps(bench_plan(sizes, ranks)))
+        return 0
+    print(format_header([str(r) for r in ranks]), flush=True)
+    for row in iter_rows(sizes, ranks):
+        print(format_row(row), flush=True)
+    print(_NOTE)
     return 0
 
 

@@ -101,3 +101,22 @@ def test_a_manifest_file_uri_is_read_like_a_dataset(tmp_path) -> None:
     assert read_manifest(Storage(), str(tmp_path / "index.json")) == m
     with pytest.raises(ManifestError, match="no such manifest file"):
         read_manifest(Storage(), str(tmp_path / "other.json"))
+
+
+def test_compact_form_round_trips_and_is_chosen_by_size() -> None:
+    from pipeline.shards.manifest import COMPACT_MIN_SHARDS, manifest_bytes
+
+    m = _manifest()
+    m.shards[0].etag, m.shards[0].formats = '"e"', ["jpg"]
+    compact = manifest_bytes(m, compact=True)
+    assert json.loads(compact)["format_version"] == 2
+    assert Manifest.from_json(compact.decode()) == m
+    assert manifest_bytes(m) == m.to_json().encode()  # small manifests keep format 1
+    assert len(m.shards) < COMPACT_MIN_SHARDS
+    raw = json.loads(compact)
+    raw["shards"]["samples"][1] = -3
+    with pytest.raises(ManifestError, match="negative"):
+        Manifest.from_json(json.dumps(raw))
+    raw["shards"]["samples"][1] = "7"
+    with pytest.raises(ManifestError, match=r"samples\[1\]"):
+        Manifest.from_json(json.dumps(raw))

@@ -52,16 +52,18 @@ def _child(path: str, ranks: list[int]) -> dict[str, Any]:
     from pipeline.storage import Storage
 
     base_mb = _peak_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     manifest = read_manifest(Storage(), path)
     counts = manifest.shard_counts()
-    out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "plans": {}}
+    out: dict[str, Any] = {"load_s": time.perf_counter() - t0,
+                           "load_cpu_s": time.process_time() - c0, "plans": {}}
     for world in ranks:
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         plan = plan_epoch(counts, seed=1, epoch=3, world_size=world,
                           per_rank_batch=PER_RANK_BATCH, readers_per_rank=READERS)
+        wall, cpu = time.perf_counter() - t1, time.process_time() - c1
         worker = max(sum(len(r.slices) for r in rank.readers) for rank in plan.ranks)
-        out["plans"][str(world)] = {"plan_s": time.perf_counter() - t1, "worker_slices": worker}
+        out["plans"][str(world)] = {"plan_s": wall, "plan_cpu_s": cpu, "worker_slices": worker}
         del plan
     out["peak_mb"] = _peak_mb()
     out["import_mb"] = base_mb
@@ -108,18 +110,23 @@ def iter_rows(sizes: tuple[int, ...], ranks: tuple[int, ...]) -> Iterator[dict]:
 
 
 def format_header(ranks: list[str]) -> str:
-    return (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>7} "
-            + " ".join(f"{'plan ' + r + 'x4 s':>13}" for r in ranks)
-            + f" {'load+plan' + ranks[-1]:>12} {'peak MB':>8} {'worker slices':>13}")
+    return (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>12} "
+            + " ".join(f"{'plan ' + r + 'x4 s':>14}" for r in ranks)
+            + f" {'load+plan' + ranks[-1] + ' s':>14} {'peak MB':>8} {'worker slices':>13}")
 
 
 def format_row(row: dict) -> str:
+    """Seconds as ``wall/cpu`` (CPU time of the process: what wall time would be on an idle
+    core; on a shared machine wall time includes waiting for one)."""
     plans = row["plans"]
     ranks = list(plans)
-    total = row["load_s"] + plans[ranks[-1]]["plan_s"]
-    return (f"{row['shards']:>9} {row['form']:>8} {row['file_mb']:>8.1f} {row['load_s']:>7.2f} "
-            + " ".join(f"{plans[r]['plan_s']:>13.2f}" for r in ranks)
-            + f" {total:>12.2f} {row['peak_mb']:>8.0f} {plans[ranks[-1]]['worker_slices']:>13}")
+    last = plans[ranks[-1]]
+    total = f"{row['load_s'] + last['plan_s']:.2f}/{row['load_cpu_s'] + last['plan_cpu_s']:.2f}"
+    return (f"{row['shards']:>9} {row['form']:>8} {row['file_mb']:>8.1f} "
+            f"{row['load_s']:>6.2f}/{row['load_cpu_s']:<5.2f} "
+            + " ".join(f"{plans[r]['plan_s']:>7.2f}/{plans[r]['plan_cpu_s']:<6.2f}"
+                       for r in ranks)
+            + f" {total:>14} {row['peak_mb']:>8.0f} {last['worker_slices']:>13}")
 
 
 def format_report(rows: list[dict]) -> str:
@@ -127,7 +134,8 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join([format_header(ranks)] + [format_row(r) for r in rows] + [_NOTE])
 
 
-_NOTE = (f"(per-rank batch {PER_RANK_BATCH}, {READERS} readers per rank; peak MB = max RSS of "
+_NOTE = (f"(seconds as wall/cpu; per-rank batch {PER_RANK_BATCH}, {READERS} readers per rank; "
+         "peak MB = max RSS of "
          "the process that loads and plans; worker slices = the most shard slices one rank's "
          "readers hold at the largest world size)")
 

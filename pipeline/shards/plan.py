@@ -29,6 +29,7 @@ slices, and reports those samples as repeats.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,25 +146,25 @@ class EpochPlan:
         }
 
 
-def _validate(
-    shards: Sequence[tuple[str, int]],
-    seed: int,
-    epoch: int,
-    world_size: int,
-    per_rank_batch: int,
-    readers_per_rank: int,
-) -> None:
-    _validate_args(seed, epoch, world_size, per_rank_batch, readers_per_rank)
-    try:  # fast path for a million shards: whole-column checks, no per-item branches
+def _sorted_columns(shards: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """Validated ``(keys, counts)`` sorted by key. Fast path for a million shards: whole-column
+    checks, and no sort (nor duplicate set) when the keys already ascend strictly, as the
+    manifests `shards write` and `shards index` produce do. Bad input: ValueError naming it."""
+    try:
         keys = [k for k, _ in shards]
         counts = [n for _, n in shards]
     except (TypeError, ValueError):
         keys, counts = [], [-1]
-    if all(type(k) is str and k for k in keys) and all(type(n) is int and n >= 0
-                                                       for n in counts) \
-            and len(set(keys)) == len(keys):
-        return
-    _validate_items(shards)
+    if not (all(type(k) is str and k for k in keys)
+            and all(type(n) is int and n >= 0 for n in counts)):
+        _validate_items(shards)  # raises with the precise message (or accepts numpy ints)
+        keys, counts = [str(k) for k, _ in shards], [int(n) for _, n in shards]
+    if all(a < b for a, b in itertools.pairwise(keys)):
+        return keys, counts
+    if len(set(keys)) != len(keys):
+        _validate_items(shards)  # raises: duplicate key
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [keys[i] for i in order], [counts[i] for i in order]
 
 
 def _validate_args(seed: int, epoch: int, world_size: int, per_rank_batch: int,
@@ -250,10 +251,9 @@ def plan_epoch(
     Raises:
         ValueError: bad arguments, or a corpus smaller than one global batch.
     """
-    _validate(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank)
-    by_key = sorted(range(len(shards)), key=lambda i: str(shards[i][0]))
-    keys = [str(shards[i][0]) for i in by_key]
-    counts = np.fromiter((int(shards[i][1]) for i in by_key), dtype=np.int64, count=len(by_key))
+    _validate_args(seed, epoch, world_size, per_rank_batch, readers_per_rank)
+    keys, count_list = _sorted_columns(shards)
+    counts = np.array(count_list, dtype=np.int64)
     total = int(counts.sum())
     global_batch = world_size * per_rank_batch
     steps = total // global_batch

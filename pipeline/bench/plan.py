@@ -85,14 +85,15 @@ def bench_plan(sizes: tuple[int, ...] = SIZES, ranks: tuple[int, ...] = RANKS) -
     return list(iter_rows(sizes, ranks))
 
 
-def iter_rows(sizes: tuple[int, ...], ranks: tuple[int, ...]) -> Iterator[dict]:
-    """`bench_plan`'s rows, each as soon as it is measured."""
+def iter_rows(sizes: tuple[int, ...], ranks: tuple[int, ...],
+              compacts: tuple[bool, ...] = (False, True)) -> Iterator[dict]:
+    """`bench_plan`'s rows, each as soon as it is measured (compact: format 2 or 1)."""
     from pipeline.shards.manifest import manifest_bytes
 
     with tempfile.TemporaryDirectory(prefix="mocopipe-bench-plan-") as tmp:
         for n in sizes:
             manifest = synthetic_manifest(n)
-            for compact in (False, True):
+            for compact in compacts:
                 path = os.path.join(tmp, f"m{n}-{int(compact)}.json")
                 with open(path, "wb") as f:
                     f.write(manifest_bytes(manifest, compact=compact))
@@ -145,6 +146,7 @@ def add_cli(sub: Any) -> None:
     p = sub.add_parser("plan", help="manifest load + epoch plan time and memory at 10k-1M shards")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="shard counts")
     p.add_argument("--ranks", default=",".join(map(str, RANKS)), help="world sizes")
+    p.add_argument("--compact-only", action="store_true", help="skip the format-1 baseline")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=_cmd)
 
@@ -165,7 +167,7 @@ def _cmd(args: argparse.Namespace) -> int:
         print(json.dumps(bench_plan(sizes, ranks)))
         return 0
     print(format_header([str(r) for r in ranks]), flush=True)
-    for row in iter_rows(sizes, ranks):
+    for row in iter_rows(sizes, ranks, (True,) if args.compact_only else (False, True)):
         print(format_row(row), flush=True)
     print(_NOTE)
     return 0

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.shards.manifest import paused_gc
+
 # Stream tags keep the random streams of the shard shuffle, the rotation and the repeat
 # shuffle independent of each other even for equal (seed, epoch).
 _TAG_ORDER = 0x5A4D
@@ -211,13 +213,12 @@ class _Laid:
         if a >= b:
             return []
         first = int(np.searchsorted(self.ends, a, side="right"))
-        last = int(np.searchsorted(self.ends, b - 1, side="right"))
-        out = []
-        for seg in range(first, last + 1):
-            start, end = int(self.starts[seg]), int(self.ends[seg])
-            out.append(ShardSlice(self.keys[self.index[seg]], max(a, start) - start,
-                                  min(b, end) - start))
-        return out
+        last = int(np.searchsorted(self.ends, b - 1, side="right")) + 1
+        keys = self.keys  # one .tolist() per range, not a numpy scalar per segment
+        return [ShardSlice(keys[i], max(a, start) - start, min(b, end) - start)
+                for i, start, end in zip(self.index[first:last].tolist(),
+                                         self.starts[first:last].tolist(),
+                                         self.ends[first:last].tolist())]
 
 
 def _rotated_cut(laid: _Laid, offset: int, total: int, a: int, b: int) -> list[ShardSlice]:
@@ -251,6 +252,12 @@ def plan_epoch(
     Raises:
         ValueError: bad arguments, or a corpus smaller than one global batch.
     """
+    with paused_gc():  # ~1M slice objects at a million shards
+        return _plan_epoch(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank)
+
+
+def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_size: int,
+                per_rank_batch: int, readers_per_rank: int) -> EpochPlan:
     _validate_args(seed, epoch, world_size, per_rank_batch, readers_per_rank)
     keys, count_list = _sorted_columns(shards)
     counts = np.array(count_list, dtype=np.int64)

@@ -229,8 +229,8 @@ def _rows(columns: Any, where: str) -> list[ShardInfo]:
         col = columns[name]
         if not isinstance(col, list) or len(col) != n:
             raise ManifestError(f"{where}.{name}: expected a list of {n} values")
-        bad = next((i for i, v in enumerate(col) if type(v) is not tp), None)
-        if bad is not None:
+        if not set(map(type, col)) <= {tp}:  # one C-level pass; find the culprit only if bad
+            bad = next(i for i, v in enumerate(col) if type(v) is not tp)
             raise ManifestError(f"{where}.{name}[{bad}]: {col[bad]!r} is not a {tp.__name__}")
     for i, key in enumerate(columns["key"]):
         if not key.endswith(".tar") or "/.." in key or key.startswith(".."):
@@ -242,10 +242,8 @@ def _rows(columns: Any, where: str) -> list[ShardInfo]:
     for i, digest in enumerate(columns["sha256"]):
         if digest and not sha.fullmatch(digest):
             raise ManifestError(f"{where}.sha256[{i}]: {digest!r} is not a sha256 hex digest")
-    for name in ("added_at", "formats"):  # few distinct values: share them (memory at 1M)
-        seen: dict[Any, Any] = {}
-        columns[name] = [seen.setdefault(v if isinstance(v, str) else tuple(v), v)
-                         for v in columns[name]]
+    seen: dict[str, str] = {}  # few distinct times: share the strings (memory at 1M)
+    columns["added_at"] = [seen.setdefault(v, v) for v in columns["added_at"]]
     return [ShardInfo(*row) for row in zip(*(columns[c] for c in _COLUMNS))]
 
 

@@ -302,5 +302,5 @@ def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_
         readers_per_rank=int(readers_per_rank),
         total_samples=total,
         dropped_samples=total - used,
-        shard_order=[keys[i] for i in order],
+        shard_order=[keys[i] for i in order.tolist()],
     )

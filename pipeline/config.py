@@ -46,9 +46,10 @@ class StorageConfig:
 
 @dataclass
 class DataConfig:
-    """What to train on. URIs are `s3://bucket/prefix` or local folders holding manifest.json."""
+    """What to train on. A dataset is a `s3://bucket/prefix` or local folder holding
+    manifest.json, or the URI of a manifest file (``*.json``, e.g. from `shards index`)."""
 
-    train: str = ""  # dataset with manifest.json (unlabelled is fine)
+    train: str = ""  # dataset folder or manifest .json (unlabelled is fine)
     eval_train: str = ""  # labelled shards: kNN bank / probe train set ("" = no kNN monitor)
     eval_test: str = ""  # labelled shards: kNN queries / probe test set
     image_size: int = 224  # side of each augmented view, pixels
@@ -423,8 +424,9 @@ def validate(cfg: Config) -> None:
     _need(8 <= d.image_size <= 1024, "data.image_size", d.image_size, "must be in [8, 1024]")
     _need(d.channels in (1, 3), "data.channels", d.channels, "must be 1 or 3")
     for k, key in enumerate(d.train_shards):
-        _need(bool(key) and "/" not in key, f"data.train_shards[{k}]", key,
-              "must be a shard key of the manifest (e.g. 'shard-000000.tar'), without '/'")
+        _need(bool(key) and key.endswith(".tar"), f"data.train_shards[{k}]", key,
+              "must be a shard key of the manifest (e.g. 'shard-000000.tar', or the shard's "
+              "URI in an index written by `shards index`)")
     _need(len(set(d.train_shards)) == len(d.train_shards), "data.train_shards",
           d.train_shards, "lists a shard twice")
 

@@ -40,7 +40,9 @@ from pipeline.augment.device import BatchAugment, normalize  # noqa: F401 - re-e
 from pipeline.config import AugmentConfig
 
 __all__ = [
+    "MAX_PIXELS",
     "BatchAugment",
+    "ImageTooLarge",
     "decode_image",
     "decode_min_side",
     "eval_view",
@@ -51,6 +53,20 @@ __all__ = [
 
 JPEG_EXTS = frozenset({"jpg", "jpeg", "jpe", "jfif"})
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
+# Decompression-bomb cap: an image whose header claims more pixels than this is refused before
+# any pixel is decoded (8192 x 8192; 192 MiB as RGB). Below Pillow's own error threshold
+# (2 x Image.MAX_IMAGE_PIXELS, ~179 MP), which would let a 170 MP PNG through.
+MAX_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """The header announces more than `max_pixels` pixels (a decompression bomb)."""
+
+
+def _check_pixels(height: int, width: int, fmt: str, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise ImageTooLarge(f"{fmt} image of {width}x{height} = {height * width} pixels exceeds "
+                            f"the decode cap of {max_pixels} pixels")
 
 
 def decode_min_side(size: int, crop_scale_min: float) -> int:
@@ -72,12 +88,15 @@ def _pow2_factor(height: int, width: int, min_side: int | None) -> int:
     return 1
 
 
-def _decode_simplejpeg(data: bytes, channels: int, min_side: int | None) -> np.ndarray | None:
-    """simplejpeg fast path; None when the file needs Pillow (CMYK/YCCK, odd headers)."""
+def _decode_simplejpeg(data: bytes, channels: int, min_side: int | None,
+                       max_pixels: int) -> np.ndarray | None:
+    """simplejpeg fast path; None when the file needs Pillow (CMYK/YCCK, odd headers).
+    Raises ImageTooLarge when the header's size exceeds `max_pixels` (nothing decoded)."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
+    _check_pixels(height, width, "JPEG", max_pixels)
     if colorspace not in ("YCbCr", "Gray", "RGB"):
         return None  # CMYK / YCCK: Pillow handles Adobe's inverted CMYK correctly
     k = _pow2_factor(height, width, min_side)
@@ -106,8 +125,10 @@ def _pil_to_array(im: Image.Image, channels: int) -> np.ndarray:
     return arr[:, :, None] if channels == 1 else arr
 
 
-def _decode_pillow(data: bytes, channels: int, min_side: int | None) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
+def _decode_pillow(data: bytes, channels: int, min_side: int | None,
+                   max_pixels: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        _check_pixels(im.height, im.width, im.format or "image", max_pixels)
         k = _pow2_factor(im.height, im.width, min_side)
         if k > 1 and im.format == "JPEG":
             im.draft("L" if channels == 1 else "RGB",
@@ -118,7 +139,8 @@ def _decode_pillow(data: bytes, channels: int, min_side: int | None) -> np.ndarr
         return _pil_to_array(im, channels)
 
 
-def decode_image(data: bytes, ext: str, channels: int, min_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, ext: str, channels: int, min_side: int | None = None,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an HxWxC uint8 array, C = ``channels`` (1 = luma, 3 = RGB).
 
     Args:
@@ -129,19 +151,26 @@ def decode_image(data: bytes, ext: str, channels: int, min_side: int | None = No
         min_side: if given, the image may be decoded downscaled (power-of-two DCT scaling for
             JPEG, box reduction otherwise) as long as its shorter side stays >= ``min_side``
             (see `decode_min_side`). Images already smaller are returned at full size.
+        max_pixels: images whose header announces more pixels are refused before decoding
+            (decompression bombs), on every path (simplejpeg, Pillow).
 
     Raises:
-        ValueError: the bytes cannot be decoded (the reader counts the sample as corrupt).
+        ValueError: the bytes cannot be decoded, or the image is too large (`ImageTooLarge`);
+            the reader counts the sample as corrupt.
     """
     if channels not in (1, 3):
         raise ValueError(f"decode_image: channels must be 1 or 3, got {channels}")
     ext = ext.lower().lstrip(".")
     if ext in JPEG_EXTS:
-        arr = _decode_simplejpeg(data, channels, min_side)
+        arr = _decode_simplejpeg(data, channels, min_side, max_pixels)
         if arr is not None:
             return arr
     try:
-        arr = _decode_pillow(data, channels, min_side)
+        arr = _decode_pillow(data, channels, min_side, max_pixels)
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow's own check, at open, above ~179 MP
+        raise ImageTooLarge(f"{ext or 'unknown'} image: {err}") from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, DecompressionBombError ...
         raise ValueError(
             f"cannot decode {ext or 'unknown'} image ({len(data)} bytes): "

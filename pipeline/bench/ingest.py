@@ -28,9 +28,9 @@ from pipeline.config import AugmentConfig, StorageConfig
 from pipeline.bench.reference import cpu_throughput
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import iter_members
-from pipeline.shards.manifest import read_manifest
+from pipeline.shards.manifest import read_manifest, shard_uri
 from pipeline.shards.sources import IMAGE_EXTS
-from pipeline.storage import Storage, is_s3, join, split_s3
+from pipeline.storage import Storage, is_s3, split_s3
 
 _MB = 2**20
 
@@ -165,7 +165,7 @@ def _bench(dataset_uri: str, storage_cfg: StorageConfig | None, samples: int, si
            block_mb: int) -> dict[str, Any]:
     storage = Storage(storage_cfg or StorageConfig())
     manifest = read_manifest(storage, dataset_uri)
-    uris = [join(dataset_uri, s.key) for s in manifest.shards if s.samples > 0]
+    uris = [shard_uri(dataset_uri, s.key) for s in manifest.shards if s.samples > 0]
     if not uris:
         raise ValueError(f"bench ingest: {dataset_uri} has no non-empty shards")
     images = sample_images(storage, uris, samples)
@@ -174,7 +174,7 @@ def _bench(dataset_uri: str, storage_cfg: StorageConfig | None, samples: int, si
     for shard in (s for s in manifest.shards if s.samples > 0):
         if picked and total + shard.bytes > max_mb * _MB:
             break
-        picked.append(join(dataset_uri, shard.key))
+        picked.append(shard_uri(dataset_uri, shard.key))
         total += shard.bytes
     net = network_throughput(storage, picked, rounds=net_rounds, ranges=ranges,
                              block_mb=block_mb)

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from pipeline.bench.plan import add_cli as add_bench_plan
 from pipeline.cli.common import config_args
 from pipeline.config import ConfigError, IngestConfig, load_config
 
@@ -17,6 +18,7 @@ def add_bench(sub: Any) -> None:
     _add_bench_train(s)
     _add_bench_gpu(s)
     _add_bench_pipeline(s)
+    add_bench_plan(s)
 
 
 def _add_bench_ingest(s: Any) -> None:

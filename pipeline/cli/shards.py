@@ -1,4 +1,4 @@
-"""`mocopipe shards write|check|ls`: corpus -> tar shards + manifest."""
+"""`mocopipe shards write|index|check|ls`: corpus -> tar shards + manifest; index existing tars."""
 
 from __future__ import annotations
 
@@ -33,15 +33,28 @@ def add_shards(sub: Any) -> None:
     storage_args(w)
     w.set_defaults(func=_cmd_shards_write)
 
+    ix = s.add_parser("index", help="manifest for WebDataset tars that already exist")
+    ix.add_argument("source", help="s3://bucket/prefix, s3://b/x/{00000..00099}.tar or a folder")
+    ix.add_argument("--manifest", default=None, metavar="DEST",
+                    help="where the manifest goes (a .json URI or a folder; default: "
+                         "SOURCE's folder/manifest.json)")
+    ix.add_argument("--append", action="store_true", help="add shards that appeared since")
+    ix.add_argument("--sha256", action="store_true", help="also hash every shard (full read)")
+    ix.add_argument("--workers", type=int, default=8, help="shards read at once (8)")
+    ix.add_argument("--dataset", default=None, help="dataset name in the manifest")
+    ix.add_argument("--quiet", action="store_true", help="no progress bar (summary only)")
+    storage_args(ix)
+    ix.set_defaults(func=_cmd_shards_index)
+
     c = s.add_parser("check", help="verify every manifest shard (size, sha256, samples)")
-    c.add_argument("dest", help="dataset: s3://bucket/dataset or a local folder")
+    c.add_argument("dest", help="dataset: s3://bucket/dataset, a local folder or a manifest .json")
     c.add_argument("--deep", action="store_true", help="also decode every image")
     c.add_argument("--workers", type=int, default=4, help="shards checked at once (4)")
     storage_args(c)
     c.set_defaults(func=_cmd_shards_check)
 
     ls = s.add_parser("ls", help="summary of a dataset's manifest")
-    ls.add_argument("dest", help="dataset: s3://bucket/dataset or a local folder")
+    ls.add_argument("dest", help="dataset: s3://bucket/dataset, a local folder or a manifest .json")
     ls.add_argument("--shards", action="store_true", help="also list every shard")
     ls.add_argument("--json", action="store_true", help="print the manifest JSON")
     storage_args(ls)
@@ -71,6 +84,20 @@ def _cmd_shards_write(args: argparse.Namespace) -> int:
         print(f"mocopipe: error: shards write {args.dest}: cannot write {where}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_shards_index(args: argparse.Namespace) -> int:
+    from pipeline.shards.index import index_shards, summary_line
+
+    try:
+        report = index_shards(args.source, storage=_shards_storage(args), dest=args.manifest,
+                              append=args.append, sha256=args.sha256, workers=args.workers,
+                              dataset=args.dataset, progress=not args.quiet)
+    except ValueError as exc:  # bad arguments / no tars / lost race: one line, no traceback
+        print(f"mocopipe: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_line(report), flush=True)
     return 0
 
 

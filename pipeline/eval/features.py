@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.augment import decode_image, eval_view, normalize
 from pipeline.config import AugmentConfig
 from pipeline.ingest.source import StreamOptions, StreamStats, read_slices
-from pipeline.shards.manifest import read_manifest
+from pipeline.shards.manifest import read_manifest, shard_uri
 from pipeline.shards.plan import ShardSlice
 from pipeline.shards.sources import IMAGE_EXTS
 from pipeline.storage import Storage
@@ -105,7 +105,7 @@ def load_labelled(storage: Storage, dataset_uri: str, *, channels: int, image_si
                 log.warning("%s/%s: skipping sample %d (%s)", dataset_uri, raw.shard, raw.member,
                             raw.reason or f"no image member, has {sorted(raw.files or {})}")
                 continue
-            label = _label(raw.files.get("cls"), f"{dataset_uri.rstrip('/')}/{raw.shard}",
+            label = _label(raw.files.get("cls"), shard_uri(dataset_uri, raw.shard),
                            raw.key, classes)
             try:
                 img = decode_image(raw.files[ext], ext, channels, min_side=image_size)

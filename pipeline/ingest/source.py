@@ -30,8 +30,10 @@ from webdataset.tariterators import base_plus_ext
 from pipeline.ingest.stream import ReadAheadStream
 from pipeline.ingest.tario import TarFormatError, iter_members
 from pipeline.shards.offsets import read_offsets
+from pipeline.shards.manifest import shard_uri
 from pipeline.shards.plan import ShardSlice
-from pipeline.storage import Storage, join
+from pipeline.shards.sources import IMAGE_EXTS
+from pipeline.storage import Storage
 
 
 @dataclass
@@ -62,7 +64,10 @@ class StreamStats:
 @dataclass
 class _Cursor:
     key: str | None = None
-    index: int = -1
+    index: int = -1  # index of the newest run with an image member
+    image: bool = False  # the current run has shown its image member
+
+
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class StreamOptions:
 def _open(storage: Storage, dataset_uri: str, sl: ShardSlice, want: list[int],
           opts: StreamOptions, stats: StreamStats) -> tuple[ReadAheadStream, int]:
     """A stream for the members ``want`` of slice ``sl``, and the index of its first member."""
-    uri = join(dataset_uri, sl.shard)
+    uri = shard_uri(dataset_uri, sl.shard)
     first, start, end, version = 0, 0, None, None
     index = read_offsets(storage, uri) if want[0] > 0 or want[-1] + 1 < sl.stop else None
     if index is not None:
@@ -133,41 +138,52 @@ def _read_one(stream: ReadAheadStream, shard: str, want: list[int],
     The stream starts at the header of member ``first`` (0: the tar's start).
 
     Samples are runs of consecutive members sharing a key (webdataset's `base_plus_ext`);
-    the i-th run is member index i. Reading stops once the run of index ``want[-1]`` ends.
+    member index i is the i-th run *with an image member* (runs without one, e.g. the
+    failed downloads of an img2dataset shard, are not samples: `shards index` does not
+    count them either). Side members (``.json``, ``.txt``) before the image are read when
+    the sample may be needed; reading stops once the run of index ``want[-1]`` ends.
     A sample whose run was cut short by a format error is reported as unreadable.
     """
     wanted, last = set(want), want[-1]
     cur = _Cursor(index=first - 1)
 
     def select(fname: str) -> bool:
-        key, _ = base_plus_ext(fname)
-        if key is not None and key != cur.key:
-            cur.key, cur.index = key, cur.index + 1
-        return key is not None and cur.index in wanted
+        key, ext = base_plus_ext(fname)
+        if key is None:
+            return False
+        if key != cur.key:
+            cur.key, cur.image = key, False
+        if not cur.image and (ext or "").lower() in IMAGE_EXTS:
+            cur.image, cur.index = True, cur.index + 1
+        return (cur.index if cur.image else cur.index + 1) in wanted
 
     group: dict[str, bytes] = {}
-    group_index, group_key = -1, ""
+    group_key: str | None = None
+    group_index = -1  # >= 0 once the run's (wanted) image member was read
     emitted: set[int] = set()
     failure = ""
     try:
         for fname, data in iter_members(stream, select):
+            key, ext = base_plus_ext(fname)
+            if key != group_key:
+                if group_index >= 0:
+                    emitted.add(group_index)
+                    yield RawSample(shard, group_index, group, key=group_key or "")
+                group, group_key, group_index = {}, key, -1
             if cur.index > last:
                 break
-            if cur.index != group_index and group:
-                emitted.add(group_index)
-                yield RawSample(shard, group_index, group, key=group_key)
-                group = {}
             if data is None:
                 continue
-            group_index, group_key = cur.index, cur.key or ""
-            _, ext = base_plus_ext(fname)
-            group[ext.lower()] = data
+            ext = (ext or "").lower()
+            group[ext] = data
+            if ext in IMAGE_EXTS and group_index < 0:
+                group_index = cur.index
     except TarFormatError as exc:
         failure = f"unreadable tar ({exc})"
-        group = {}  # the sample being read may be incomplete
-    if group:
+        group_index = -1  # the sample being read may be incomplete
+    if group_index >= 0:
         emitted.add(group_index)
-        yield RawSample(shard, group_index, group, key=group_key)
+        yield RawSample(shard, group_index, group, key=group_key or "")
     for m in want:
         if m not in emitted:
             yield RawSample(shard, m, None, failure or "sample missing from the tar")

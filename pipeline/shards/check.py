@@ -22,6 +22,7 @@ from pipeline.shards.manifest import (
     Manifest,
     ShardInfo,
     read_manifest,
+    shard_uri,
 )
 from pipeline.shards.sources import IMAGE_EXTS, BadInput, validate_image
 from pipeline.storage import Storage, StorageError, join
@@ -32,7 +33,7 @@ MAX_PER_SHARD = 5  # decode/sample problems listed per shard before summarising 
 @dataclass
 class Problem:
     shard: str
-    kind: str  # missing | size | sha256 | samples | tar | sample | label | decode | read
+    kind: str  # missing | size | etag | sha256 | samples | tar | sample | label | decode | read
     detail: str
 
 
@@ -98,6 +99,8 @@ class _ShardScan:
         self.problems.append(Problem(self.info.key, kind, detail))
 
     def sample(self, key: str, members: dict[str, bytes]) -> None:
+        if self.info.etag and not any(e in IMAGE_EXTS for e in members):
+            return  # an indexed corpus: samples without an image are not counted (no_image)
         self.samples += 1
         if key in self._seen:
             self.problem("sample", f"key {key!r} appears twice", capped=True)
@@ -132,7 +135,7 @@ class _ShardScan:
 def check_shard(storage: Storage, dataset_uri: str, info: ShardInfo, manifest: Manifest,
                 deep: bool = False) -> tuple[list[Problem], int, int]:
     """Check one shard -> (problems, samples seen, images decoded)."""
-    uri = join(dataset_uri, info.key)
+    uri = shard_uri(dataset_uri, info.key)
     scan = _ShardScan(info, manifest, deep)
     try:
         size = storage.size(uri)
@@ -140,6 +143,13 @@ def check_shard(storage: Storage, dataset_uri: str, info: ShardInfo, manifest: M
             return [Problem(info.key, "missing", f"{uri} does not exist")], 0, 0
         if size != info.bytes:
             scan.problem("size", f"{size} bytes stored, manifest says {info.bytes}")
+        if info.etag:
+            from pipeline.shards.index import object_etag
+
+            etag = object_etag(storage, uri)
+            if etag != info.etag:
+                scan.problem("etag", f"changed since indexed: ETag {etag}, manifest "
+                                     f"{info.etag} (re-run `mocopipe shards index`)")
         body, _ = storage.get_stream(uri)
         try:
             reader = _HashingReader(body)
@@ -149,7 +159,7 @@ def check_shard(storage: Storage, dataset_uri: str, info: ShardInfo, manifest: M
             body.close()
     except StorageError as exc:
         return scan.problems + [Problem(info.key, "read", str(exc))], scan.samples, scan.decoded
-    if reader.sha.hexdigest() != info.sha256:
+    if info.sha256 and reader.sha.hexdigest() != info.sha256:
         scan.problem("sha256", f"stored {reader.sha.hexdigest()[:16]}..., manifest "
                                f"{info.sha256[:16]}...")
     if scan.samples != info.samples:

@@ -29,13 +29,14 @@ slices, and reports those samples as repeats.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipeline.shards.manifest import paused_gc
 
 # Stream tags keep the random streams of the shard shuffle, the rotation and the repeat
 # shuffle independent of each other even for equal (seed, epoch).
@@ -147,14 +148,29 @@ class EpochPlan:
         }
 
 
-def _validate(
-    shards: Sequence[tuple[str, int]],
-    seed: int,
-    epoch: int,
-    world_size: int,
-    per_rank_batch: int,
-    readers_per_rank: int,
-) -> None:
+def _sorted_columns(shards: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """Validated ``(keys, counts)`` sorted by key. Fast path for a million shards: whole-column
+    checks, and no sort (nor duplicate set) when the keys already ascend strictly, as the
+    manifests `shards write` and `shards index` produce do. Bad input: ValueError naming it."""
+    try:
+        keys = [k for k, _ in shards]
+        counts = [n for _, n in shards]
+    except (TypeError, ValueError):
+        keys, counts = [], [-1]
+    if not (all(type(k) is str and k for k in keys)
+            and all(type(n) is int and n >= 0 for n in counts)):
+        _validate_items(shards)  # raises with the precise message (or accepts numpy ints)
+        keys, counts = [str(k) for k, _ in shards], [int(n) for _, n in shards]
+    if all(a < b for a, b in itertools.pairwise(keys)):
+        return keys, counts
+    if len(set(keys)) != len(keys):
+        _validate_items(shards)  # raises: duplicate key
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [keys[i] for i in order], [counts[i] for i in order]
+
+
+def _validate_args(seed: int, epoch: int, world_size: int, per_rank_batch: int,
+                   readers_per_rank: int) -> None:
     for name, value, low in (
         ("seed", seed, 0),
         ("epoch", epoch, 0),
@@ -166,6 +182,9 @@ def _validate(
             raise ValueError(f"plan_epoch: {name} must be an int, got {value!r}")
         if value < low:
             raise ValueError(f"plan_epoch: {name} must be >= {low}, got {value}")
+
+
+def _validate_items(shards: Sequence[tuple[str, int]]) -> None:
     seen: set[str] = set()
     for item in shards:
         if len(item) != 2:
@@ -180,25 +199,37 @@ def _validate(
             raise ValueError(f"plan_epoch: shard {key!r} has an invalid sample count {count!r}")
 
 
-class _Sequence:
-    """Segments laid end to end; `cut` returns the slices covering positions [a, b)."""
+class _Laid:
+    """The shuffled shards laid end to end (empty shards left out), as numpy arrays;
+    `cut` returns the slices covering positions [a, b) without building the whole sequence."""
 
-    def __init__(self, segments: list[ShardSlice]) -> None:
-        self.segments = segments
-        self.ends = list(itertools.accumulate(len(s) for s in segments))
-        self.starts = [e - len(s) for e, s in zip(self.ends, segments)]
+    def __init__(self, keys: list[str], counts: np.ndarray, order: np.ndarray) -> None:
+        self.keys = keys
+        self.index = order[counts[order] > 0]  # shard index of each segment
+        self.ends = np.cumsum(counts[self.index])
+        self.starts = self.ends - counts[self.index]
 
     def cut(self, a: int, b: int) -> list[ShardSlice]:
-        out: list[ShardSlice] = []
-        i = bisect.bisect_right(self.ends, a)
-        while a < b:
-            seg, seg_start = self.segments[i], self.starts[i]
-            lo = seg.start + (a - seg_start)
-            hi = seg.start + (min(b, self.ends[i]) - seg_start)
-            out.append(ShardSlice(seg.shard, lo, hi))
-            a = min(b, self.ends[i])
-            i += 1
-        return out
+        if a >= b:
+            return []
+        first = int(np.searchsorted(self.ends, a, side="right"))
+        last = int(np.searchsorted(self.ends, b - 1, side="right")) + 1
+        keys = self.keys  # one .tolist() per range, not a numpy scalar per segment
+        return [ShardSlice(keys[i], max(a, start) - start, min(b, end) - start)
+                for i, start, end in zip(self.index[first:last].tolist(),
+                                         self.starts[first:last].tolist(),
+                                         self.ends[first:last].tolist())]
+
+
+def _rotated_cut(laid: _Laid, offset: int, total: int, a: int, b: int) -> list[ShardSlice]:
+    """Positions [a, b) of the sequence rotated to start at `offset` (a split at the wrap
+    point gives two slices, as the rotated segments are)."""
+    a, b = a + offset, b + offset
+    if b <= total:
+        return laid.cut(a, b)
+    if a >= total:
+        return laid.cut(a - total, b - total)
+    return laid.cut(a, total) + laid.cut(0, b - total)
 
 
 def plan_epoch(
@@ -221,14 +252,21 @@ def plan_epoch(
     Raises:
         ValueError: bad arguments, or a corpus smaller than one global batch.
     """
-    _validate(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank)
-    items = sorted((str(k), int(n)) for k, n in shards)
-    total = sum(n for _, n in items)
+    with paused_gc():  # ~1M slice objects at a million shards
+        return _plan_epoch(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank)
+
+
+def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_size: int,
+                per_rank_batch: int, readers_per_rank: int) -> EpochPlan:
+    _validate_args(seed, epoch, world_size, per_rank_batch, readers_per_rank)
+    keys, count_list = _sorted_columns(shards)
+    counts = np.array(count_list, dtype=np.int64)
+    total = int(counts.sum())
     global_batch = world_size * per_rank_batch
     steps = total // global_batch
     if steps == 0:
         raise ValueError(
-            f"plan_epoch: the corpus has {total} samples in {len(items)} shards, fewer than one "
+            f"plan_epoch: the corpus has {total} samples in {len(keys)} shards, fewer than one "
             f"global batch ({world_size} ranks x {per_rank_batch} = {global_batch}); "
             "use more data, fewer ranks or a smaller per-rank batch"
         )
@@ -236,10 +274,9 @@ def plan_epoch(
     used = world_size * per_rank_total
 
     rng = np.random.default_rng([_TAG_ORDER, seed, epoch])
-    order = [items[i] for i in rng.permutation(len(items))]
+    order = rng.permutation(len(keys))
     offset = int(rng.integers(total))  # where the rotated sequence starts
-    laid = _Sequence([ShardSlice(k, 0, n) for k, n in order if n > 0])
-    rotated = _Sequence(laid.cut(offset, total) + laid.cut(0, offset))
+    laid = _Laid(keys, counts, order)
 
     ranks: list[RankPlan] = []
     for r in range(world_size):
@@ -249,7 +286,8 @@ def plan_epoch(
             batches = len(range(j, steps, readers_per_rank))
             n = batches * per_rank_batch
             readers.append(
-                ReaderPlan(rotated.cut(pos, pos + n), batches, r, j, int(seed), int(epoch))
+                ReaderPlan(_rotated_cut(laid, offset, total, pos, pos + n), batches, r, j,
+                           int(seed), int(epoch))
             )
             pos += n
         ranks.append(RankPlan(r, readers))
@@ -264,5 +302,5 @@ def plan_epoch(
         readers_per_rank=int(readers_per_rank),
         total_samples=total,
         dropped_samples=total - used,
-        shard_order=[k for k, _ in order],
+        shard_order=[keys[i] for i in order.tolist()],
     )

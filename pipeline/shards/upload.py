@@ -2,7 +2,9 @@
 
 Each shard's sha256 and size are computed while the tar is written (a hashing file object
 handed to ShardWriter through its `opener`). When a shard closes, the sink names it
-(``shard-NNNNNN.tar``, numbering continues after the dataset's last shard) and an upload
+(``shard-NNNNNN.tar``, numbering continues after the dataset's last shard; named
+``shard-NNNNNN-<sha256[:12]>.tar`` in an append, or when the plain name is live with other
+bytes, so concurrent writers and rewrites never overwrite a listed shard) and an upload
 thread either finds the same bytes already stored (same size and sha256: a resumed write)
 or uploads the file with its sha256 as object metadata (multipart above the configured
 threshold). A partial shard (an exception before it closed) is never uploaded. Next to each
@@ -66,11 +68,14 @@ class ShardSink:
     """Turns closed local shards into stored shards; `finish()` returns their ShardInfos."""
 
     def __init__(self, storage: Storage, dest: str, *, workers: int, run_at: str,
-                 first_index: int, known: set[str], previous: dict[str, ShardInfo]) -> None:
+                 first_index: int, known: set[str], previous: dict[str, ShardInfo],
+                 taken: frozenset[str] = frozenset(), unique: bool = False) -> None:
         self.storage, self.dest, self.run_at = storage, dest, run_at
         self._next = first_index
         self._known = known  # sha256 of shards already in the dataset (append): not re-added
         self._previous = previous  # old manifest entries by key: keep added_at when unchanged
+        self._taken = taken  # keys the live manifest lists: never overwritten with other bytes
+        self._unique = unique  # always name shards by content (concurrent appends)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="shards-upload")
         self._limit = workers + 1  # closed shards waiting on disk at most
         self._futures: list[Future[tuple[ShardInfo, bool]]] = []
@@ -126,6 +131,10 @@ class ShardSink:
             os.remove(fname)
             return
         key = shard_key(self._next)
+        prev = self._previous.get(key)
+        if self._unique or (key in self._taken and (prev is None
+                                                    or prev.sha256 != hf.hexdigest())):
+            key = shard_key(self._next, hf.hexdigest())  # content-named: no clobbering
         self._next += 1
         self.closed_bytes += hf.size
         self._changed = True

@@ -25,9 +25,25 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from pipeline.shards.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, \
-    utc_now, write_manifest
-from pipeline.shards.sources import BadInput, InputItem, Source, open_source, validate_image
+from pipeline.shards.indexio import object_etag
+from pipeline.shards.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestConflict,
+    ManifestError,
+    ShardInfo,
+    manifest_uri,
+    read_manifest,
+    swap_manifest,
+    utc_now,
+)
+from pipeline.shards.sources import (
+    BadInput,
+    InputItem,
+    Source,
+    open_source,
+    validate_image,
+)
 from pipeline.shards.upload import ShardSink
 from pipeline.storage import ObjectNotFound, Storage, is_s3, join, split_s3
 
@@ -150,6 +166,7 @@ def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int
         raise ValueError(f"source {src}: no images found"
                          + (f" ({len(source.skipped)} other files skipped, e.g. {why})"
                             if source.skipped else ""))
+    old_etag = object_etag(storage, manifest_uri(dest))  # before the read: CAS is conservative
     old = _existing(storage, dest, append)
     classes = _classes(source, old, append)
     index = {name: i for i, name in enumerate(classes or [])}
@@ -157,7 +174,9 @@ def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int
     sink = ShardSink(storage, dest, workers=workers, run_at=utc_now(),
                      first_index=base.next_shard_index() if base else 0,
                      known=({s.sha256 for s in base.shards} if base else set()),
-                     previous=({s.key: s for s in old.shards} if old and not append else {}))
+                     previous=({s.key: s for s in old.shards} if old and not append else {}),
+                     taken=frozenset(s.key for s in old.shards) if old else frozenset(),
+                     unique=bool(append and old))
     skipped = list(source.skipped)
     total = min(len(source.items), max_samples) if max_samples else len(source.items)
     bar = _bar(total, progress, src)
@@ -200,11 +219,34 @@ def write_shards(src: str, dest: str, *, storage: Storage, shard_size_bytes: int
         created_at=old.created_at if old and old.created_at else sink.run_at, updated_at=now)
     if old is not None and (not new if append else _same(old, manifest)):
         manifest = old  # nothing changed (a re-run of a finished write): keep its manifest
-    else:
-        write_manifest(storage, dest, manifest)  # LAST: only now do readers see the shards
+    else:  # LAST: only now do readers see the shards
+        _swap(storage, dest, manifest, old_etag, new if append else None, skipped)
     if progress if summary is None else summary:
         print(sink.summary(dest, written, len(skipped), time.monotonic() - started), flush=True)
     return manifest
+
+
+def _swap(storage: Storage, dest: str, manifest: Manifest, etag: str | None,
+          appended: list[ShardInfo] | None, skipped: list[dict[str, str]],
+          tries: int = 5) -> None:
+    """Compare-and-swap the manifest. An append that lost a race to another writer re-reads
+    the manifest and adds its own shards (content-named: nothing to rename) to it, up to
+    `tries` times; a fresh write that lost raises ManifestConflict (its shards stay stored)."""
+    for attempt in range(tries):
+        try:
+            swap_manifest(storage, dest, manifest, expect_etag=etag)
+            return
+        except ManifestConflict:
+            if appended is None or attempt == tries - 1:
+                raise
+        etag = object_etag(storage, manifest_uri(dest))
+        live = read_manifest(storage, dest)
+        keys = {s.key for s in live.shards}
+        shards = live.shards + [s for s in appended if s.key not in keys]
+        manifest = dataclasses.replace(
+            live, shards=shards, total_samples=sum(s.samples for s in shards),
+            total_bytes=sum(s.bytes for s in shards), skipped=live.skipped + skipped,
+            updated_at=utc_now())
 
 
 def _bar(total: int, progress: bool, src: str):  # -> tqdm.tqdm

@@ -198,3 +198,46 @@ def test_invalid_inputs_raise(shards, kwargs, match) -> None:
 
 def test_shard_slice_len() -> None:
     assert len(ShardSlice("x", 3, 10)) == 7
+
+
+def _naive_plan(shards: list[tuple[str, int]], seed: int, epoch: int, world: int, batch: int,
+                readers: int) -> list[list[tuple[str, int, int]]]:
+    """Reference: every sample as (shard, member) in a list, rotated, cut, runs merged."""
+    from pipeline.shards.plan import _TAG_ORDER
+
+    items = sorted(shards)
+    rng = np.random.default_rng([_TAG_ORDER, seed, epoch])
+    order = [items[i] for i in rng.permutation(len(items))]
+    seq = [(k, m) for k, n in order for m in range(n)]
+    offset = int(rng.integers(len(seq)))
+    seq = seq[offset:] + seq[:offset]
+    steps = len(seq) // (world * batch)
+    out, pos = [], 0
+    for _ in range(world):
+        for j in range(readers):
+            n = len(range(j, steps, readers)) * batch
+            runs: list[list] = []
+            for k, m in seq[pos:pos + n]:
+                if runs and runs[-1][0] == k and runs[-1][2] == m:
+                    runs[-1][2] = m + 1
+                else:
+                    runs.append([k, m, m + 1])
+            out.append([tuple(r) for r in runs])
+            pos += n
+    return out
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_plan_matches_a_naive_reference(trial: int) -> None:
+    rng = np.random.default_rng(trial)
+    n = int(rng.integers(1, 12))
+    shards = [(f"s{i:03d}.tar", int(c)) for i, c in enumerate(rng.choice([0, 1, 3, 7, 20], n))]
+    world, batch, readers = (int(rng.integers(1, 4)), int(rng.integers(1, 5)),
+                             int(rng.integers(1, 4)))
+    if sum(c for _, c in shards) < world * batch:
+        return
+    plan = plan_epoch(shards, seed=trial % 3, epoch=trial % 5, world_size=world,
+                      per_rank_batch=batch, readers_per_rank=readers)
+    got = [[(s.shard, s.start, s.stop) for s in r.slices] for rank in plan.ranks
+           for r in rank.readers]
+    assert got == _naive_plan(shards, trial % 3, trial % 5, world, batch, readers)

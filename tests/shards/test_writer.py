@@ -188,7 +188,8 @@ def test_append_adds_shards_and_is_idempotent(jpeg_folder: Path, tmp_path: Path)
     m = write(extra, dest, append=True, labels="folders", samples_per_shard=10)
     assert m.shards[: len(first.shards)] == first.shards
     new = m.shards[len(first.shards):]
-    assert [s.key for s in new] == ["shard-000003.tar"]
+    # appended shards are named by content: a concurrent append cannot take the same name
+    assert [s.key for s in new] == [f"shard-000003-{new[0].sha256[:12]}.tar"]
     assert new[0].added_at > first.shards[-1].added_at
     assert m.classes == ["class_00", "class_01", "class_02", "class_03"]
     assert m.total_samples == 30 and m.created_at == first.created_at

@@ -1,0 +1,150 @@
+"""Storage plumbing of `shards index`: find the tars of a source, their ETags, and read one
+tar body as the byte source THE tar parser (`pipeline.ingest.tario`) expects.
+
+ETags: S3's ETag (as listed / HEAD), quotes included. A local file has none; its stand-in is
+``"<mtime_ns hex>-<size hex>"`` (changes whenever the file is rewritten).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.storage import Storage, StorageError, is_s3, split_s3
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One tar to index: full URI, size in bytes (-1 = unknown yet), ETag ("" = unknown)."""
+
+    uri: str
+    size: int = -1
+    etag: str = ""
+
+
+def is_brace_pattern(source: str) -> bool:
+    return "{" in source and "}" in source
+
+
+def source_folder(source: str) -> str:
+    """The folder a source lives in (where its default manifest goes): a brace pattern's
+    folder before its first ``{``, a prefix or local folder itself."""
+    if is_brace_pattern(source):
+        head = source[:source.index("{")]
+        return head.rsplit("/", 1)[0] if "/" in head else "."
+    return source.rstrip("/") if is_s3(source) else os.path.abspath(source)
+
+
+def object_etag(storage: Storage, uri: str) -> str | None:
+    """The object's ETag (local stand-in for files), or None when it does not exist."""
+    if not is_s3(uri):
+        try:
+            st = os.stat(uri)
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        with storage._errors(uri, "head_object"):
+            resp = storage.client.head_object(Bucket=bucket, Key=key)
+    except StorageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ClientError) and str(cause.response.get("Error", {}).get(
+                "Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return str(resp["ETag"])
+
+
+def list_shards(storage: Storage, source: str) -> list[ShardRef]:
+    """The ``.tar`` objects of `source`, sorted by URI.
+
+    `source`: a brace pattern (expanded as webdataset does; every name must exist), an
+    ``s3://`` prefix (recursive listing, size and ETag from the listing) or a local folder.
+    Other objects (parquet side files, manifests) are ignored.
+    """
+    if is_brace_pattern(source):
+        from braceexpand import braceexpand
+
+        refs = []
+        for uri in braceexpand(source):
+            etag = object_etag(storage, uri)
+            if etag is None:
+                raise ValueError(f"{source}: {uri} does not exist")
+            refs.append(ShardRef(uri, -1, etag))
+        return sorted(refs, key=lambda r: r.uri)
+    if is_s3(source):
+        bucket, prefix = split_s3(source)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        out: list[ShardRef] = []
+        with storage._errors(source, "list_objects_v2"):
+            pages = storage.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                out.extend(ShardRef(f"s3://{bucket}/{o['Key']}", int(o["Size"]), str(o["ETag"]))
+                           for o in page.get("Contents", []) if o["Key"].endswith(".tar"))
+        return sorted(out, key=lambda r: r.uri)
+    if not os.path.isdir(source):
+        raise ValueError(f"{source}: not an s3:// prefix, a brace pattern or a local folder")
+    paths = sorted(os.path.join(root, n) for root, _, names in os.walk(source)
+                   for n in names if n.endswith(".tar"))
+    return [ShardRef(os.path.abspath(p), os.path.getsize(p), object_etag(storage, p) or "")
+            for p in paths]
+
+
+class TarBodySource:
+    """``read(n)`` / ``skip(n)`` over a response body (or file), for `tario.iter_members`.
+
+    With ``hash_all`` every byte (skipped ones too) goes through sha256; otherwise skipped
+    bytes of a seekable file are seeked over and those of a network body read and dropped.
+    """
+
+    def __init__(self, body: Any, *, hash_all: bool) -> None:
+        self._body = body
+        self._sha = hashlib.sha256() if hash_all else None
+        self._seek = self._sha is None and callable(getattr(body, "seek", None)) \
+            and getattr(body, "seekable", lambda: False)()
+
+    def read(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            data = self._body.read(n - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._sha is not None:
+            self._sha.update(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        if n <= 0:
+            return 0
+        if self._seek:
+            here = self._body.tell()
+            end = self._body.seek(0, os.SEEK_END)
+            return self._body.seek(min(here + n, end)) - here
+        done = 0
+        while done < n:
+            data = self.read(min(_CHUNK, n - done))
+            if not data:
+                break
+            done += len(data)
+        return done
+
+    def drain(self) -> None:
+        """Read to the end (so the sha256 covers the whole object)."""
+        if self._sha is not None:
+            while self.read(_CHUNK):
+                pass
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest() if self._sha is not None else ""

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.storage import Storage, StorageError, is_s3, split_s3
+from pipeline.storage import Storage, is_s3
 
 _CHUNK = 1 << 20
 
@@ -40,26 +40,9 @@ def source_folder(source: str) -> str:
 
 
 def object_etag(storage: Storage, uri: str) -> str | None:
-    """The object's ETag (local stand-in for files), or None when it does not exist."""
-    if not is_s3(uri):
-        try:
-            st = os.stat(uri)
-        except FileNotFoundError:
-            return None
-        return f"{st.st_mtime_ns:x}-{st.st_size:x}"
-    from botocore.exceptions import ClientError
-
-    bucket, key = split_s3(uri)
-    try:
-        with storage._errors(uri, "head_object"):
-            resp = storage.client.head_object(Bucket=bucket, Key=key)
-    except StorageError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ClientError) and str(cause.response.get("Error", {}).get(
-                "Code", "")) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-    return str(resp["ETag"])
+    """The object's ETag (the local backend's stand-in for files), or None when it is absent."""
+    info = storage.head(uri)
+    return None if info is None else info.etag
 
 
 def list_shards(storage: Storage, source: str) -> list[ShardRef]:
@@ -79,24 +62,10 @@ def list_shards(storage: Storage, source: str) -> list[ShardRef]:
                 raise ValueError(f"{source}: {uri} does not exist")
             refs.append(ShardRef(uri, -1, etag))
         return sorted(refs, key=lambda r: r.uri)
-    if is_s3(source):
-        bucket, prefix = split_s3(source)
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        out: list[ShardRef] = []
-        with storage._errors(source, "list_objects_v2"):
-            pages = storage.client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=prefix)
-            for page in pages:
-                out.extend(ShardRef(f"s3://{bucket}/{o['Key']}", int(o["Size"]), str(o["ETag"]))
-                           for o in page.get("Contents", []) if o["Key"].endswith(".tar"))
-        return sorted(out, key=lambda r: r.uri)
-    if not os.path.isdir(source):
-        raise ValueError(f"{source}: not an s3:// prefix, a brace pattern or a local folder")
-    paths = sorted(os.path.join(root, n) for root, _, names in os.walk(source)
-                   for n in names if n.endswith(".tar"))
-    return [ShardRef(os.path.abspath(p), os.path.getsize(p), object_etag(storage, p) or "")
-            for p in paths]
+    if is_s3(source) or os.path.isdir(source):
+        return [ShardRef(uri if is_s3(uri) else os.path.abspath(uri), info.size, info.etag)
+                for uri, info in storage.list_info(source) if uri.endswith(".tar")]
+    raise ValueError(f"{source}: not an s3:// prefix, a brace pattern or a local folder")
 
 
 class TarBodySource:

@@ -307,44 +307,22 @@ def swap_manifest(storage: Storage, dataset_uri: str, manifest: Manifest, *,
     `expect_etag`: the ETag of the manifest this one replaces (from
     `pipeline.shards.indexio.object_etag`), None when the manifest must not exist yet. S3:
     one conditional PUT (``If-Match`` / ``If-None-Match: *``), atomic on the server (SeaweedFS
-    honours both). Local: an exclusive ``flock`` on the manifest's folder around check +
-    atomic replace.
+    honours both). Local: the local backend's conditional write (a lock on the folder around
+    check + atomic replace). Both through `Storage.put_bytes(if_match=, if_none_match=)`.
 
     Raises:
         ManifestConflict: the manifest changed (or appeared) since it was read; nothing was
             written. Re-reading it and merging again is safe.
     """
-    from pipeline.shards.indexio import object_etag
-    from pipeline.storage import StorageError, is_s3, split_s3
+    from pipeline.storage import PreconditionFailed
 
     uri = manifest_uri(dataset_uri)
     manifest.validate(uri)
     body = manifest_bytes(manifest)
-    lost = (f"{uri}: another writer replaced the manifest while this one ran; nothing was "
-            f"lost (the new shards stay stored under unique names): run the same command "
-            f"again to merge")
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        cond = {"IfNoneMatch": "*"} if expect_etag is None else {"IfMatch": expect_etag}
-        try:
-            with storage._errors(uri, "put_object"):
-                storage.client.put_object(Bucket=bucket, Key=key, Body=body, **cond)
-        except StorageError as exc:
-            code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                raise ManifestConflict(lost) from exc
-            raise
-        return
-    import fcntl
-    import os
-
-    folder = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if object_etag(storage, uri) != expect_etag:
-            raise ManifestConflict(lost)
-        storage.put_bytes(uri, body)
-    finally:
-        os.close(fd)  # releases the lock
+        storage.put_bytes(uri, body, if_match=expect_etag, if_none_match=expect_etag is None)
+    except PreconditionFailed as exc:
+        raise ManifestConflict(
+            f"{uri}: another writer replaced the manifest while this one ran; nothing was "
+            f"lost (the new shards stay stored under unique names): run the same command "
+            f"again to merge") from exc

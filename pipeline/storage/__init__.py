@@ -162,6 +162,10 @@ class Storage:
         """Every object under the "folder" `prefix_uri` (recursive), as full URIs, sorted."""
         return self.backend(prefix_uri).list(prefix_uri)
 
+    def list_info(self, prefix_uri: str) -> list[tuple[str, ObjectInfo]]:
+        """`list` with each object's size and ETag: one listing, no HEAD per object on S3."""
+        return self.backend(prefix_uri).list_info(prefix_uri)
+
     def delete(self, uri: str) -> None:
         """Remove the object; a missing object is not an error."""
         self.backend(uri).delete(uri)

@@ -139,5 +139,8 @@ class Backend(Protocol):
     def list(self, prefix_uri: str) -> list[str]:
         """Every object under the folder `prefix_uri` (recursive), full URIs, sorted."""
 
+    def list_info(self, prefix_uri: str) -> list[tuple[str, ObjectInfo]]:
+        """`list`, with each object's size and ETag (from the listing itself on S3)."""
+
     def delete(self, uri: str) -> None:
         """Remove the object; a missing object is not an error."""

@@ -145,6 +145,14 @@ class LocalBackend:
         return sorted(os.path.join(root, name)
                       for root, _, names in os.walk(prefix_uri) for name in names)
 
+    def list_info(self, prefix_uri: str) -> list[tuple[str, ObjectInfo]]:
+        out = []
+        for uri in self.list(prefix_uri):
+            info = self.head(uri)
+            if info is not None:  # not removed since the walk
+                out.append((uri, info))
+        return out
+
     def delete(self, uri: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(uri)

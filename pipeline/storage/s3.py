@@ -197,16 +197,22 @@ class S3Backend:
                           metadata=meta)
 
     def list(self, prefix_uri: str) -> list[str]:
+        return [uri for uri, _ in self.list_info(prefix_uri)]
+
+    def list_info(self, prefix_uri: str) -> list[tuple[str, ObjectInfo]]:
         bucket, prefix = split_s3(prefix_uri)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        out: list[str] = []
+        out: list[tuple[str, ObjectInfo]] = []
         with self._errors(prefix_uri, "list_objects_v2"):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                                          Prefix=prefix)
             for page in pages:
-                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-        return sorted(out)
+                out.extend((f"s3://{bucket}/{o['Key']}",
+                            ObjectInfo(size=int(o["Size"]), etag=str(o.get("ETag", "")),
+                                       metadata={}))
+                           for o in page.get("Contents", []))
+        return sorted(out, key=lambda item: item[0])
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)

@@ -30,6 +30,7 @@ from pipeline.tracking import (
     RunRef,
     client_for,
     default_run_name,
+    log_dataset_input,
     finish_run,
     open_run,
     provenance_tags,
@@ -102,6 +103,8 @@ def run_training(cfg: Config, resume: str | None = None, *,
     print(f"[mocopipe] MLflow run {run.run_id} ({'continued' if run.resumed else 'new'}): "
           f"{run.url}", flush=True)
     client = client_for(run.tracking_uri)
+    if not run.resumed:  # the run page's "Datasets" panel: what this run trains on
+        log_dataset_input(client, run.run_id, manifest, cfg.data.train)
     # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
     # patch would send every line a second time through its logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

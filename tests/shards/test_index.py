@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.shards.check import check_dataset
 from pipeline.shards.index import index_shards
 from pipeline.shards.indexio import object_etag
@@ -126,12 +126,12 @@ def test_loader_reads_batches_from_an_indexed_external_corpus(tmp_path: Path) ->
     corpus = write_corpus(tmp_path / "src", shards=3, per_shard=10)
     dest = str(tmp_path / "elsewhere" / "laion.json")
     m = index_shards(str(corpus.folder), storage=Storage(), dest=dest, progress=False).manifest
-    loader = Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                    augment=AugmentConfig(), dataset_uri=dest, shards=m.shard_counts(),
-                    ingest=IngestConfig(readers_per_worker=2, shuffle_window=8,
-                                        batches_in_flight=2, read_ahead_mb=1,
-                                        max_corrupt_fraction=0.0),
-                    rank=0, world_size=1, per_rank_batch=4, seed=3, use_ray=False)
+    loader = Loader(DataConfig(train=dest, image_size=16),
+                    IngestConfig(readers_per_worker=2, shuffle_window=8, batches_in_flight=2,
+                                 read_ahead_mb=1, max_corrupt_fraction=0.0),
+                    AugmentConfig(),
+                    LoaderPlan(m.shard_counts(), rank=0, world_size=1, per_rank_batch=4, seed=3),
+                    storage=StorageConfig(), use_ray=False)
     batches = list(loader.epoch(0))
     assert len(batches) == loader.steps_per_epoch == 26 // 4
     keys = [k for b in batches for k in b["keys"]]
@@ -142,14 +142,14 @@ def test_loader_reads_batches_from_an_indexed_external_corpus(tmp_path: Path) ->
 
 
 def test_side_members_ride_along_and_imageless_samples_are_not_members(tmp_path: Path) -> None:
-    from pipeline.ingest.source import StreamStats, read_slices
+    from pipeline.ingest.source import StreamOptions, StreamStats, read_slices
     from pipeline.shards.plan import ShardSlice
 
     corpus = write_corpus(tmp_path / "src", shards=2, per_shard=10)
     key = str(corpus.tars[1])  # keys 10..19; 10 and 17 have no image; .npy members too
     raw = list(read_slices(Storage(), str(tmp_path / "i.json"), [ShardSlice(key, 0, 8)],
                            {(key, m) for m in range(1, 8)}, StreamStats(),
-                           read_ahead_bytes=2**20, max_retries=1, backoff_s=0.01))
+                           StreamOptions(read_ahead_bytes=2**20, max_retries=1, backoff_s=0.01)))
     assert [r.member for r in raw] == list(range(1, 8))
     assert [r.key for r in raw] == [f"{i:09d}" for i in (12, 13, 14, 15, 16, 18, 19)]
     for r in raw:

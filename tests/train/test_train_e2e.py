@@ -42,6 +42,10 @@ def test_end_to_end_run_is_complete_in_mlflow(reference_run: Reference, fmnist_t
     assert tags["mocopipe.dataset"] == fmnist_tiny.train
     assert tags["mocopipe.manifest_sha"] == fmnist_tiny.manifest_sha
     assert tags["mocopipe.git_sha"] and tags["mocopipe.run_name"] == reference_run.run_name
+    assert tags["mocopipe.method"] == "moco_v2"
+    # lineage: the run page's "Datasets" panel shows the manifest it trained on
+    (ds,) = [i.dataset for i in run.inputs.dataset_inputs]
+    assert ds.digest == fmnist_tiny.manifest_sha[:16] and fmnist_tiny.train in ds.source
 
     # Metrics at exactly the expected steps, each once; kNN at each epoch end.
     for key in ("loss", "acc1", "lr", "momentum", "samples_per_s", "step_time",

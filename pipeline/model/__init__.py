@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from pipeline.config import MocoConfig, ModelConfig
-from pipeline.config_methods import MethodConfig, MocoV3Config, SimclrConfig
+from pipeline.config.methods import MethodConfig, MocoV3Config, SimclrConfig
 from pipeline.model.bn import SplitBatchNorm2d, convert_split_bn
 from pipeline.model.heads import mlp_head
 from pipeline.model.loss import in_batch_ctr, info_nce, nt_xent

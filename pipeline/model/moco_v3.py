@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import dist
-from pipeline.config_methods import MocoV3Config
+from pipeline.config.methods import MocoV3Config
 from pipeline.model.heads import mlp_head
 from pipeline.model.loss import in_batch_ctr
 from pipeline.model.moco import momentum_update

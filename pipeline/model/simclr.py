@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import dist
-from pipeline.config_methods import SimclrConfig
+from pipeline.config.methods import SimclrConfig
 from pipeline.model.heads import mlp_head
 from pipeline.model.loss import nt_xent
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import ConfigError, load_config
-from pipeline.config_methods import MethodConfig, MocoV3Config, SimclrConfig
+from pipeline.config.methods import MethodConfig, MocoV3Config, SimclrConfig
 from pipeline.model import (MoCo, MoCoV3, SimCLR, build_encoder, build_method, method_momentum,
                             small_cnn, vit_small)
 from pipeline.train.optim import LARS, build_optimizer

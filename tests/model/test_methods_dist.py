@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import dist
-from pipeline.config_methods import SimclrConfig
+from pipeline.config.methods import SimclrConfig
 from pipeline.model import SimCLR, in_batch_ctr, nt_xent
 
 pytestmark = pytest.mark.unit

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from pipeline.augment import BatchAugment, two_views
 from pipeline.config import AugmentConfig
-from pipeline.config_methods import SimclrConfig
+from pipeline.config.methods import SimclrConfig
 from pipeline.eval.features import extract_features
 from pipeline.eval.knn import knn_top1
 from pipeline.model import SimCLR, small_cnn

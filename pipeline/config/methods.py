@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from pipeline.config import Config
+    from pipeline.config.sections import Config
 
 
 @dataclass
@@ -45,7 +45,7 @@ class MocoV3Config:
 
 def validate_methods(cfg: Config) -> None:
     """Range rules of [method], [simclr], [moco_v3] and the optim/model keys they add."""
-    from pipeline.config import ConfigError
+    from pipeline.config.sections import ConfigError
 
     def need(cond: bool, key: str, value: Any, rule: str) -> None:
         if not cond:

@@ -134,6 +134,7 @@ class TrainConfig:
     per_worker_batch: int = 32
     seed: int = 0
     log_every: int = 10
+    report_every: int = 100  # steps between ray.train.report calls (at log steps; a barrier)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     max_nonfinite: int = 10  # fail after this many skipped non-finite steps
     # Warm start: a registered encoder ("models:/NAME/VERSION", "models:/NAME@ALIAS") or a run

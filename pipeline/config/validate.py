@@ -113,6 +113,7 @@ def validate(cfg: Config) -> None:
     _need(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be >= 0 (0 = no cap)")
     _need(t.per_worker_batch >= 2, "train.per_worker_batch", t.per_worker_batch, "must be >= 2")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+    _need(t.report_every >= 1, "train.report_every", t.report_every, "must be >= 1")
     _need(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     _need(t.max_nonfinite >= 0, "train.max_nonfinite", t.max_nonfinite, "must be >= 0")
     _need(t.init_from == "" or t.init_from.startswith(("models:/", "runs:/")), "train.init_from",

@@ -49,7 +49,8 @@ class BatchSource(Protocol):
 class Services:
     """The loop's outside world. sink / evaluator / export: rank 0 only (None elsewhere).
     export(backbone, knn_top1, views, step, embeddings) -> (model name, version).
-    report(metrics): every rank, at every log step (Ray Train's `report`)."""
+    report(metrics): every rank, at log steps at least `train.report_every` steps apart and at
+    the last step (Ray Train's `report`, a barrier of all workers)."""
 
     artifacts: ArtifactRepo
     sink: MetricSink | None = None
@@ -126,7 +127,7 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
     views: Views | None = None
     evaluated_at = saved_at = -1
     stats: StepStats | None = None
-    start = trainer.steps_done
+    start = reported_at = trainer.steps_done
     for batch, wait in batches(loader, start, total):
         if first_step_s is None:
             startup["startup/first_batch_s"] = time.perf_counter() - t0
@@ -141,7 +142,12 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
         win.add(stats, wait)
         step = stats.step
         if step % train_cfg.log_every == 0 or step == total or stats.stop:
-            _log(services, win.metrics(stats, trainer.nonfinite), step, total, startup, start)
+            # Ray Train's report is a barrier of all workers: at most every train.report_every
+            # steps (the same log steps on every rank, so all ranks call it together)
+            report = step - reported_at >= train_cfg.report_every or step == total or stats.stop
+            reported_at = step if report else reported_at
+            _log(services, win.metrics(stats, trainer.nonfinite), step, total, startup, start,
+                 report=report)
             startup = {}
             win.reset()
         if step % spe == 0 and eval_every_epochs and (step // spe) % eval_every_epochs == 0 \
@@ -168,10 +174,10 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
 
 
 def _log(services: Services, metrics: dict[str, float], step: int, total: int,
-         startup: Mapping[str, float], start: int) -> None:
-    """Report to Ray Train (every rank), log to the sink and print (rank 0). The startup
-    breakdown is logged once per attempt, at the step the attempt started from."""
-    if services.report is not None:
+         startup: Mapping[str, float], start: int, *, report: bool = True) -> None:
+    """Report to Ray Train (every rank, when `report`), log to the sink and print (rank 0).
+    The startup breakdown is logged once per attempt, at the step the attempt started from."""
+    if report and services.report is not None:
         services.report({**metrics, "step": float(step)})
     if services.sink is None:
         return

@@ -213,3 +213,17 @@ def test_a_commit_whose_metrics_cannot_be_flushed_is_not_committed(tmp_path: Pat
     with pytest.raises(CheckpointError, match=r"checkpoint\.flush_timeout_s: metrics up to step 4"):
         save(trainer, TensorBatches(), mgr, Services(artifacts=repo), 4, last=True)
     assert mgr.latest_step() is None
+
+
+def test_ray_train_reports_are_throttled_to_train_report_every(tmp_path: Path) -> None:
+    """ray.train.report is a barrier of all workers: it is called at log steps at least
+    train.report_every steps apart (the same steps on every rank) and at the last step."""
+    cfg = _cfg("train.report_every=5")
+    trainer = build_trainer(cfg, steps_per_epoch=SPE, device=torch.device("cpu"))
+    reported: list[int] = []
+    services = Services(artifacts=LocalArtifacts(str(tmp_path)), sink=MemorySink(),
+                        report=lambda m: reported.append(int(m["step"])),
+                        fingerprint=run_fingerprint(cfg.flat(), MANIFEST_SHA))
+    train(trainer, TensorBatches(), services, train_cfg=cfg.train, ckpt_cfg=cfg.checkpoint,
+          eval_every_epochs=0, global_batch=cfg.global_batch)
+    assert reported == [6, 12]  # log steps 2..12; 6 - 0 >= 5, 12 - 6 >= 5 (and the last)

@@ -33,15 +33,15 @@ def _consume(cfg_dict: dict[str, Any], shards: list[tuple[str, int]],
     import ray
 
     from pipeline.config import from_dict
-    from pipeline.ingest.loader import Loader
+    from pipeline.ingest.loader import Loader, LoaderPlan
 
     cfg = from_dict(cfg_dict)
     ingest = dataclasses.replace(cfg.ingest, reader_resources=dict(reader_resources))
     here = ray.get_runtime_context().get_node_id()
-    loader = Loader(storage=cfg.storage, data=cfg.data, augment=cfg.augment, ingest=ingest,
-                    dataset_uri=cfg.data.train, shards=shards, rank=0,
-                    world_size=cfg.ray.num_workers, per_rank_batch=cfg.train.per_worker_batch,
-                    seed=cfg.train.seed)
+    loader = Loader(cfg.data, ingest, cfg.augment,
+                    LoaderPlan(shards, rank=0, world_size=cfg.ray.num_workers,
+                               per_rank_batch=cfg.train.per_worker_batch, seed=cfg.train.seed),
+                    storage=cfg.storage)
     readers = loader.placement["readers"]
     moved = done = 0
     try:

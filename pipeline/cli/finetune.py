@@ -47,17 +47,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.eval.finetune import (FinetuneSettings, label_efficiency, log_finetune,
                                         parse_fractions, rows_as_dicts)
     from pipeline.storage import Storage
-    from pipeline.tracking import client_for, resolve_tracking_uri
+    from pipeline.tracking import resolve_tracking_uri
 
     fractions = parse_fractions(args.fractions)
     for key in ("epochs", "min_steps", "batch_size"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')}: {getattr(args, key)} must be >= 1")
     uri = resolve_tracking_uri(load_config(args.config).mlflow)
-    run_id, _, _ = em.resolve_source(client_for(uri), args.model)
-    if em.ENCODER_FILE not in {a.path for a in client_for(uri).list_artifacts(run_id)}:
-        raise ConfigError(f"{args.model}: run {run_id} has no {em.ENCODER_FILE}; finetune "
-                          "loads weights only from it")
+    # weights only from the run's encoder.safetensors (else UnsafeModelError: one line)
     loaded = em.load_encoder(args.model, config=args.config, overrides=args.overrides,
                              tracking_uri=uri)
     train_uri, test_uri = em.split_data(args.data, args.train_data, args.test_data, loaded.cfg)

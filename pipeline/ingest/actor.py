@@ -10,6 +10,8 @@ otherwise).
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 import ray
@@ -52,19 +54,31 @@ def start_readers(n: int, kwargs: dict[str, Any], *, rank: int) -> tuple[list[An
     placement ``{"rank", "node", "readers": [node id per reader], "strategy"}``, also
     printed once as one ``[mocopipe] placement`` line.
     """
+    from ray.exceptions import RayActorError
+
     ingest: IngestConfig = kwargs["ingest"]
-    require_resources(config_requests(ingest.reader_resources, {}),
-                      timeout_s=ingest.placement_timeout_s)
-    node_id = ray.get_runtime_context().get_node_id()
-    strategy = reader_strategy(ingest.reader_resources, node_id, ray.nodes())
-    actors = [start_reader_actor(strategy=strategy, **kwargs) for _ in range(n)]
-    try:
-        nodes = actor_nodes(actors, timeout_s=ingest.placement_timeout_s + ACTOR_START_S,
-                            what=f"ingest.reader_resources={dict(ingest.reader_resources)}")
-    except BaseException:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        raise
+    for attempt in range(3):
+        require_resources(config_requests(ingest.reader_resources, {}),
+                          timeout_s=ingest.placement_timeout_s)
+        node_id = ray.get_runtime_context().get_node_id()
+        strategy = reader_strategy(ingest.reader_resources, node_id, ray.nodes())
+        actors = [start_reader_actor(strategy=strategy, **kwargs) for _ in range(n)]
+        try:
+            nodes = actor_nodes(actors, timeout_s=ingest.placement_timeout_s + ACTOR_START_S,
+                                what=f"ingest.reader_resources={dict(ingest.reader_resources)}")
+            break
+        except RayActorError:
+            # placed on a node that died before Ray noticed (missed heartbeats): look again;
+            # if no alive node offers the resources any more, require_resources says so
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            if attempt == 2:
+                raise
+            time.sleep(5.0)
+        except BaseException:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise
     how = "spread" if strategy == "SPREAD" else "own node"
     placement = {"rank": rank, "node": node_id, "readers": nodes, "strategy": how}
     print(f"[mocopipe] placement: rank {rank} on node {node_id[:12]}; readers ({how}) on "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -44,17 +43,18 @@ def test_runtime_env_forwards_settings_never_secrets_by_default(tmp_path, monkey
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIA-id-value",
                "AWS_SESSION_TOKEN": "session-value", "MLFLOW_TRACKING_PASSWORD": "pw-value",
                "MLFLOW_TRACKING_TOKEN": "tok-value", "RAY_AUTH_TOKEN": "ray-token-value"}
+    from pipeline.envvars import SETTINGS_ENV
+
+    for key in SETTINGS_ENV:  # only what this test sets (a session stack exports some)
+        monkeypatch.delenv(key, raising=False)
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
-    monkeypatch.delenv("AWS_REGION", raising=False)
     env = jobs.build_runtime_env(tmp_path, sha="abc123")
     assert env["working_dir"] == str(tmp_path)
     assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
                                "AWS_ENDPOINT_URL": "http://127.0.0.1:8333",
-                               **({"AWS_DEFAULT_REGION": os.environ["AWS_DEFAULT_REGION"]}
-                                  if os.environ.get("AWS_DEFAULT_REGION") else {}),
                                "MOCOPIPE_GIT_SHA": "abc123"}
     assert not set(secrets.values()) & set(env["env_vars"].values())
     # From a checkout the code travels as py_modules, without caches.

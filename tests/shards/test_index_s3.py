@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import AugmentConfig, DataConfig, IngestConfig, StorageConfig
-from pipeline.ingest.loader import Loader
+from pipeline.ingest.loader import Loader, LoaderPlan
 from pipeline.shards.index import index_shards
 from pipeline.shards.indexio import object_etag
 from pipeline.shards.manifest import ManifestConflict, read_manifest, swap_manifest
@@ -59,12 +59,12 @@ def test_prefix_brace_and_folder_index_to_the_same_manifest(storage: Storage,
     # the manifest file URI is a dataset name everywhere: check, ls, the loader
     assert main(["shards", "check", a]) == 0
     assert main(["shards", "ls", "--json", a]) == 0
-    loader = Loader(storage=StorageConfig(), data=DataConfig(image_size=16),
-                    augment=AugmentConfig(), dataset_uri=a, shards=ma.shard_counts(),
-                    ingest=IngestConfig(readers_per_worker=2, shuffle_window=8,
-                                        batches_in_flight=2, read_ahead_mb=1,
-                                        max_corrupt_fraction=0.0),
-                    rank=0, world_size=1, per_rank_batch=4, seed=1, use_ray=False)
+    loader = Loader(DataConfig(train=a, image_size=16),
+                    IngestConfig(readers_per_worker=2, shuffle_window=8, batches_in_flight=2,
+                                 read_ahead_mb=1, max_corrupt_fraction=0.0),
+                    AugmentConfig(),
+                    LoaderPlan(ma.shard_counts(), rank=0, world_size=1, per_rank_batch=4, seed=1),
+                    storage=StorageConfig(), use_ray=False)
     keys = [k for batch in loader.epoch(0) for k in batch["keys"]]
     assert len(set(keys)) == len(keys) == 24
     # a shard rewritten after indexing is reported by `shards check`

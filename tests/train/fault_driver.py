@@ -1,7 +1,8 @@
 """`mocopipe train` with a fault injected through the workers' services (no hook in the
 library): `python -m tests.train.fault_driver --kill RANK:STEP:MARKER CONFIG --set ...`.
 
-Rank RANK's Ray Train `report` (called at every log step on every rank) exits the worker
+Rank RANK's Ray Train `report` (called on every rank at log steps `train.report_every` apart:
+the test sets it to the log cadence) exits the worker
 process hard when it reports STEP, once (the MARKER file records that it fired). The last
 line printed is the run's JSON summary, as with `mocopipe train --json`.
 """

@@ -66,8 +66,9 @@ CASES = [
     ("more-workers-than-cpus", ["ray.num_workers=64", "train.per_worker_batch=2"],
      "ray.num_workers"),
     ("more-readers-than-cpus", ["ingest.readers_per_worker=64"], "ingest.readers_per_worker"),
-    ("trainer-resource-absent", ["ray.resources_per_worker={trainer = 1}"],
-     "ray.resources_per_worker.trainer"),
+    # the local stack's head offers "trainer" (and "reader"): a GPU-node resource it lacks
+    ("worker-resource-absent", ["ray.resources_per_worker={gpu_node = 1}"],
+     "ray.resources_per_worker.gpu_node"),
     ("mlflow-unreachable", ['mlflow.tracking_uri="http://127.0.0.1:9"'], "http://127.0.0.1:9"),
     ("ray-unreachable", ['ray.address="127.0.0.1:9"'], "ray.address"),
 ]

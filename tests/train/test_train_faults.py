@@ -48,7 +48,7 @@ def test_killed_worker_resumes_the_same_run_exactly(fmnist_tiny: Dataset,
     # the step-8 checkpoint's async upload may or may not have committed); Ray Train restarts
     # the worker group, which resumes from the latest complete checkpoint (4 or 8) in the
     # same MLflow run.
-    tp = run_train(fmnist_tiny, name,
+    tp = run_train(fmnist_tiny, name, "train.report_every=2",  # report (and die) at step 10
                    driver=("-m", "tests.train.fault_driver", "--kill", f"1:10:{marker}"))
     assert marker.exists(), "the fault hook never fired"
     assert ("resumed from checkpoint step 8" in tp.text

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from pipeline.ingest.stream import put_until_closed
+
 _DONE = object()
 
 
@@ -57,13 +59,7 @@ class DevicePrefetcher:
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_closed(self._queue, item, self._stop)
 
     def _fill(self) -> None:
         try:

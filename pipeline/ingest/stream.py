@@ -52,6 +52,18 @@ def _is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, StorageError) and any(p in str(exc).lower() for p in _PERMANENT)
 
 
+def put_until_closed(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put `item` into the bounded queue `q`, waking every 0.1 s to notice `stop`; False when
+    stopped first. The producer threads' way to block on backpressure without a hang."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class ReadAheadStream:
     """A file-like reader (``read(n)``, ``close()``) of ``uri`` from byte ``start``.
 
@@ -113,13 +125,7 @@ class ReadAheadStream:
 
     def _put(self, item: Any) -> bool:
         """Queue `item`, waking up regularly to notice `close()`; False when closed."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_closed(self._queue, item, self._stop)
 
     def _run(self) -> None:
         failures = 0

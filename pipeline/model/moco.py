@@ -66,7 +66,28 @@ def projection_head(feature_dim: int, dim: int, mlp: bool) -> nn.Module:
                          nn.Linear(feature_dim, dim))
 
 
-class MoCo(nn.Module):
+class MomentumEncoder:
+    """The momentum-encoder surface shared by MoCo v2 and v3 (a mixin of nn.Modules that own
+    `encoder_q`, `encoder_k` and a float `momentum`)."""
+
+    encoder_q: nn.Module
+    encoder_k: nn.Module
+    momentum: float
+
+    @torch.no_grad()
+    def reset_momentum_encoder(self) -> None:
+        """encoder_k <- encoder_q (weights and buffers), as at construction; e.g. after a warm
+        start loaded new backbone weights into `backbone`."""
+        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+
+    def set_momentum(self, m: float) -> None:
+        """Set the EMA coefficient used from the next forward (cosine schedule hook)."""
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"set_momentum: m = {m} must be in [0, 1]")
+        self.momentum = float(m)
+
+
+class MoCo(MomentumEncoder, nn.Module):
     """MoCo v2 around a backbone `encoder_q` ((N, C, H, W) -> (N, encoder_q.feature_dim)).
 
     State (all in `state_dict`): encoder_q / head_q (trained), encoder_k / head_k (momentum
@@ -119,18 +140,6 @@ class MoCo(nn.Module):
         BatchNorm2d in eval mode).
         """
         return self.encoder_q
-
-    @torch.no_grad()
-    def reset_momentum_encoder(self) -> None:
-        """encoder_k <- encoder_q (weights and buffers), as at construction; e.g. after a warm
-        start loaded new backbone weights into `backbone`."""
-        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
-
-    def set_momentum(self, m: float) -> None:
-        """Set the EMA coefficient used from the next forward (cosine schedule hook)."""
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"set_momentum: m = {m} must be in [0, 1]")
-        self.momentum = float(m)
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head_q(self.encoder_q(x)), dim=1)  # (n, dim)

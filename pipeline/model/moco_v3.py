@@ -26,10 +26,10 @@ from pipeline import dist
 from pipeline.config.methods import MocoV3Config
 from pipeline.model.heads import mlp_head
 from pipeline.model.loss import in_batch_ctr
-from pipeline.model.moco import momentum_update
+from pipeline.model.moco import MomentumEncoder, momentum_update
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(MomentumEncoder, nn.Module):
     """MoCo v3 around a backbone `encoder_q` ((N, C, H, W) -> (N, encoder_q.feature_dim)).
 
     State: encoder_q / proj_q / predictor (trained), encoder_k / proj_k (momentum copies,
@@ -61,18 +61,6 @@ class MoCoV3(nn.Module):
     def backbone(self) -> nn.Module:
         """The query encoder without heads: the network to export and evaluate."""
         return self.encoder_q
-
-    @torch.no_grad()
-    def reset_momentum_encoder(self) -> None:
-        """encoder_k <- encoder_q (weights and buffers), as at construction; e.g. after a warm
-        start loaded new backbone weights into `backbone`."""
-        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
-
-    def set_momentum(self, m: float) -> None:
-        """Set the EMA coefficient used from the next forward (cosine schedule hook)."""
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"set_momentum: m = {m} must be in [0, 1]")
-        self.momentum = float(m)
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.predictor(self.proj_q(self.encoder_q(x))), dim=1)  # (n, dim)

@@ -18,6 +18,7 @@ def add_bench(sub: Any) -> None:
     _add_bench_train(s)
     _add_bench_gpu(s)
     _add_bench_pipeline(s)
+    _add_bench_placement(s)
     add_bench_plan(s)
 
 
@@ -128,4 +129,34 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad flag/config combination: one line, exit 2
         raise ConfigError(str(exc)) from exc
     print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _add_bench_placement(s: Any) -> None:
+    p = s.add_parser("placement", help="readers on the trainer's node vs on a reader node: "
+                     "batches/s and bytes moved between nodes, in one run (needs a node "
+                     "offering `reader`, e.g. `mocopipe up --reader-nodes 1`)")
+    config_args(p, required=True)
+    p.add_argument("--batches", type=int, default=50, help="batches per placement and round")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench_placement)
+
+
+def _cmd_bench_placement(args: argparse.Namespace) -> int:
+    from pipeline.bench.placement import bench_reader_placement
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        out = bench_reader_placement(cfg, batches=args.batches, rounds=args.rounds)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for name in ("local", "remote"):
+        r = out[name]
+        print(f"readers {name:<6} {r['batches_per_s']:>8.2f} batches/s  "
+              f"{r['mb_per_s_between_nodes']:>8.2f} MB/s between nodes")
+    print(f"remote / local batches/s: {out['ratio_batches_per_s']}")
     return 0

@@ -155,12 +155,9 @@ def test_bench_reader_placement_counts_bytes_only_across_nodes(cluster: Cluster)
 
     # In a child process, as `mocopipe bench` would run: this one imported Ray before the
     # stack's token existed, and Ray reads its auth settings once per process.
-    sets = [*overrides(cluster.data, "bench")[1::2], *PLACED]
-    code = ("import json, sys; from pipeline.config import load_config; "
-            "from pipeline.bench.placement import bench_reader_placement; "
-            "cfg = load_config(sys.argv[1], sys.argv[2:]); "
-            "print(json.dumps(bench_reader_placement(cfg, batches=4, rounds=1)))")
-    proc = subprocess.run([sys.executable, "-c", code, str(TINY), *sets], cwd=REPO,
+    sets = [a for s in [*overrides(cluster.data, "bench")[1::2], *PLACED] for a in ("--set", s)]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "placement", str(TINY),
+                           *sets, "--batches", "4", "--rounds", "1", "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -70,13 +70,26 @@ def test_run_page_shows_name_loss_chart_checkpoints_and_model(chrome: Any, ui_ru
     overview = tmp_path / "run-overview.png"
     assert chrome.save_screenshot(str(overview))
 
-    # Model metrics: a chart card titled `loss` holding a drawn plotly line.
+    # Model metrics: a chart card titled `loss` holding a drawn plotly line. The UI groups
+    # metrics by prefix (the `startup/*` section comes first) and draws charts only once
+    # they scroll into view: scroll every scrollable area a little further at each poll.
     chrome.get(f"{ui_run.url}/model-metrics")
-    card = _wait(chrome, "a `loss` chart", lambda d: next(
-        (c for c in d.find_elements(By.CSS_SELECTOR,
-                                    "[data-testid='experiment-view-compare-runs-card']")
-         if c.text.splitlines()[:1] == ["loss"]
-         and c.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")), None))
+
+    def loss_card(d: Any) -> Any:
+        found = next((c for c in d.find_elements(By.CSS_SELECTOR,
+                                                 "[data-testid='experiment-view-compare-runs-card']")
+                      if c.text.splitlines()[:1] == ["loss"]
+                      and c.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")),
+                     None)
+        if found is None:
+            d.execute_script("document.querySelectorAll('*').forEach(e => {"
+                             " if (e.scrollHeight > e.clientHeight + 10) e.scrollTop += 400; });"
+                             " window.scrollBy(0, 400);")
+        else:
+            d.execute_script("arguments[0].scrollIntoView()", found)
+        return found
+
+    card = _wait(chrome, "a `loss` chart", loss_card)
     assert "Step" in card.text  # the x axis is the training step
     assert chrome.save_screenshot(str(tmp_path / "run-metrics.png"))
 

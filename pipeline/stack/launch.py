@@ -105,6 +105,27 @@ def mlflow_cmd(port: int, state_dir: Path) -> list[str]:
             "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port},{LOOPBACK},localhost"]
 
 
+# Ports of a node that joins the head (`ray start --address`); "worker_min" starts a range.
+NODE_PORT_NAMES = ("node_manager", "object_manager", "agent_http", "agent_grpc",
+                   "runtime_env", "metrics")
+
+
+def _node_args(p: dict[str, int], temp_dir: str, num_cpus: int,
+               object_store_mb: int) -> list[str]:
+    """The `ray start` flags every node of the stack pins (head and joined nodes alike):
+    `p` holds the ports named in NODE_PORT_NAMES plus "worker_min"."""
+    return ["--node-manager-port", str(p["node_manager"]),
+            "--object-manager-port", str(p["object_manager"]),
+            "--dashboard-agent-listen-port", str(p["agent_http"]),
+            "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
+            "--runtime-env-agent-port", str(p["runtime_env"]),
+            "--metrics-export-port", str(p["metrics"]),
+            "--min-worker-port", str(p["worker_min"]),
+            "--max-worker-port", str(p["worker_min"] + RAY_WORKER_PORTS - 1),
+            "--num-cpus", str(num_cpus), "--object-store-memory",
+            str(object_store_mb * 2**20), "--temp-dir", temp_dir, "--disable-usage-stats"]
+
+
 def ray_cmd(p: dict[str, int], temp_dir: str, num_cpus: int, object_store_mb: int,
             resources: dict[str, float] | None = None) -> list[str]:
     """`ray start --head` with every port pinned (workers get a fixed range).
@@ -116,22 +137,10 @@ def ray_cmd(p: dict[str, int], temp_dir: str, num_cpus: int, object_store_mb: in
             "--port", str(p["ray_gcs"]), "--dashboard-host", LOOPBACK,
             "--dashboard-port", str(p["ray_dashboard"]), "--include-dashboard", "true",
             "--ray-client-server-port", str(p["ray_client"]),
-            "--node-manager-port", str(p["ray_node_manager"]),
-            "--object-manager-port", str(p["ray_object_manager"]),
-            "--dashboard-agent-listen-port", str(p["ray_agent_http"]),
-            "--dashboard-agent-grpc-port", str(p["ray_agent_grpc"]),
-            "--runtime-env-agent-port", str(p["ray_runtime_env"]),
-            "--metrics-export-port", str(p["ray_metrics"]),
-            "--min-worker-port", str(p["ray_worker_min"]),
-            "--max-worker-port", str(p["ray_worker_min"] + RAY_WORKER_PORTS - 1),
-            "--num-cpus", str(num_cpus), "--object-store-memory",
-            str(object_store_mb * 2**20), "--temp-dir", temp_dir,
-            "--disable-usage-stats", *extra]
+            *_node_args({k[len("ray_"):]: v for k, v in p.items() if k.startswith("ray_")},
+                        temp_dir, num_cpus, object_store_mb), *extra]
 
 
-# Ports of a node that joins the head (`ray start --address`); "worker_min" starts a range.
-NODE_PORT_NAMES = ("node_manager", "object_manager", "agent_http", "agent_grpc",
-                   "runtime_env", "metrics")
 
 
 def ray_node_cmd(address: str, p: dict[str, int], temp_dir: str, num_cpus: int,
@@ -142,18 +151,8 @@ def ray_node_cmd(address: str, p: dict[str, int], temp_dir: str, num_cpus: int,
     (RAY_AUTH_MODE / RAY_AUTH_TOKEN, see `server_env`), never on its command line.
     """
     return [find_binary("ray"), "start", "--address", address,
-            "--node-ip-address", LOOPBACK,
-            "--node-manager-port", str(p["node_manager"]),
-            "--object-manager-port", str(p["object_manager"]),
-            "--dashboard-agent-listen-port", str(p["agent_http"]),
-            "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
-            "--runtime-env-agent-port", str(p["runtime_env"]),
-            "--metrics-export-port", str(p["metrics"]),
-            "--min-worker-port", str(p["worker_min"]),
-            "--max-worker-port", str(p["worker_min"] + RAY_WORKER_PORTS - 1),
-            "--num-cpus", str(num_cpus), "--object-store-memory",
-            str(object_store_mb * 2**20), "--temp-dir", temp_dir,
-            "--resources", json.dumps(resources), "--disable-usage-stats"]
+            "--node-ip-address", LOOPBACK, *_node_args(p, temp_dir, num_cpus, object_store_mb),
+            "--resources", json.dumps(resources)]
 
 
 def server_env(client_env: dict[str, str]) -> dict[str, str]:

@@ -21,25 +21,9 @@ from pipeline.shards.check import check_dataset
 from pipeline.shards.synthetic import write_jpeg_folder
 from pipeline.shards.writer import write_shards
 from pipeline.storage import Storage
+from tests.ingest.test_tario_stream import _Bytes  # THE in-memory ByteSource of the tario tests
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
-
-
-class _Bytes:
-    """A ByteSource over bytes (read / skip)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def skip(self, n: int) -> int:
-        k = min(n, len(self.data) - self.pos)
-        self.pos += k
-        return k
 
 
 def _header(name: bytes, size_field: bytes, kind: bytes = b"0") -> bytes:

@@ -172,19 +172,35 @@ def test_bench_reader_placement_counts_bytes_only_across_nodes(cluster: Cluster)
         out["remote"]["batches_per_s"] / out["local"]["batches_per_s"], rel=0.01)
 
 
-def _kill_reader_raylet_after_checkpoint(cluster: Cluster, tp: TrainProc,
-                                         name: str = "node1") -> None:
-    """Wait for the first committed checkpoint, then SIGKILL node `name`'s raylet by PID."""
+def _lose_node(cluster: Cluster, name: str) -> None:
+    """Take node `name` away as a lost machine would go: SIGKILL its raylet by PID, then every
+    process started for that node (its Ray workers, the reader actors among them), found by
+    the node's own temp dir on their command lines. Killing the raylet alone leaves its
+    workers serving direct actor calls for a few seconds, long enough for a fast machine to
+    finish a tiny run before Ray notices the node is gone."""
+    proc = cluster.raylet(name).process()
+    assert proc is not None, f"{name}'s raylet is not running"
+    proc.kill()
+    state = stack_mod.load_state(cluster.state_dir)
+    assert state is not None
+    (node,) = [n for n in state.reader_nodes if n["name"] == name]
+    for ref in find_by_marker(node["temp_dir"]):
+        p = ref.process()
+        if p is not None:
+            p.kill()
+
+
+def _lose_node_after_checkpoint(cluster: Cluster, tp: TrainProc, name: str = "node1",
+                                total_steps: int = 24) -> None:
+    """Wait for the first committed checkpoint, then lose node `name` (see `_lose_node`)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and tp.proc.poll() is None:
         if "checkpoint: committed checkpoints/step-0000004" in tp.text:
             break
         time.sleep(0.05)
-    assert tp.proc.poll() is None and "step 24/24" not in tp.text, \
+    assert tp.proc.poll() is None and f"step {total_steps}/{total_steps}" not in tp.text, \
         f"the run ended before the fault:\n{tp.text[-4000:]}"
-    proc = cluster.raylet(name).process()
-    assert proc is not None, f"{name}'s raylet is not running"
-    proc.kill()
+    _lose_node(cluster, name)
 
 
 @pytest.mark.slow
@@ -193,7 +209,7 @@ def test_reader_node_lost_and_replaced_gives_the_same_weights(
     tp = start_train(cluster.data, f"lost-{uuid.uuid4().hex[:8]}", *PLACED,
                      "ingest.placement_timeout_s=180")
     try:
-        _kill_reader_raylet_after_checkpoint(cluster, tp)
+        _lose_node_after_checkpoint(cluster, tp)
         replacement = add_reader_node(cluster.state_dir, timeout_s=240)
         rc = tp.wait(600)
     finally:
@@ -215,14 +231,15 @@ def test_reader_node_lost_and_replaced_gives_the_same_weights(
 @pytest.mark.slow
 def test_reader_node_that_never_comes_back_fails_clearly_in_bounded_time(
         cluster: Cluster) -> None:
+    # 20 epochs (240 steps): long enough that the run cannot end before the loss is seen.
     tp = start_train(cluster.data, f"gone-{uuid.uuid4().hex[:8]}", *PLACED,
-                     "ingest.placement_timeout_s=10", "ray.max_failures=1")
+                     "ingest.placement_timeout_s=10", "ray.max_failures=1", "train.epochs=20")
     try:
         readers = [n for n in cluster.node_ids() if n != "head"]
         assert readers, "no reader node alive"
         for name in readers[1:]:  # a replacement from an earlier test: lost for good too
-            cluster.raylet(name).process().kill()  # type: ignore[union-attr]
-        _kill_reader_raylet_after_checkpoint(cluster, tp, readers[0])
+            _lose_node(cluster, name)
+        _lose_node_after_checkpoint(cluster, tp, readers[0], total_steps=240)
         killed_at = time.monotonic()
         rc = tp.wait(500)
         took = time.monotonic() - killed_at

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
@@ -173,21 +174,19 @@ def test_bench_reader_placement_counts_bytes_only_across_nodes(cluster: Cluster)
 
 
 def _lose_node(cluster: Cluster, name: str) -> None:
-    """Take node `name` away as a lost machine would go: SIGKILL its raylet by PID, then every
-    process started for that node (its Ray workers, the reader actors among them), found by
-    the node's own temp dir on their command lines. Killing the raylet alone leaves its
-    workers serving direct actor calls for a few seconds, long enough for a fast machine to
-    finish a tiny run before Ray notices the node is gone."""
+    """Take node `name` away as a lost machine would go: SIGKILL its raylet by PID together
+    with every process under it (its Ray workers, the reader actors among them, and its
+    agents). Killing the raylet alone leaves its workers serving direct actor calls for a few
+    seconds, long enough for a fast machine to finish a tiny run before Ray notices."""
     proc = cluster.raylet(name).process()
     assert proc is not None, f"{name}'s raylet is not running"
-    proc.kill()
-    state = stack_mod.load_state(cluster.state_dir)
-    assert state is not None
-    (node,) = [n for n in state.reader_nodes if n["name"] == name]
-    for ref in find_by_marker(node["temp_dir"]):
-        p = ref.process()
-        if p is not None:
+    tree = [proc, *proc.children(recursive=True)]
+    assert len(tree) > 1, f"{name}'s raylet has no worker processes to lose"
+    for p in tree:
+        try:
             p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _lose_node_after_checkpoint(cluster: Cluster, tp: TrainProc, name: str = "node1",

@@ -75,23 +75,25 @@ def test_restarted_driver_continues_from_the_checkpoint(fmnist_tiny: Dataset,
     client = mlflow_client()
     first = start_train(fmnist_tiny, name)
     try:
-        run_id, step = None, None
+        # Watch the run's own output (not MLflow, polled too slowly for a fast machine, where
+        # the tiny run ends seconds after its first checkpoint) and kill on the first commit.
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and first.proc.poll() is None:
-            runs = _runs_named(client, name)
-            if runs:
-                run_id = runs[0].info.run_id
-                mgr = CheckpointManager(mlflow_repo(run_id, client.tracking_uri), every_steps=4,
-                                        keep=2)
-                step = mgr.latest_step()
-                if step is not None:
-                    break
-            time.sleep(0.5)
-        assert step is not None and step < 24, f"no checkpoint before the end:\n{first.text}"
+            if "checkpoint: committed checkpoints/step-" in first.text:
+                break
+            time.sleep(0.02)
+        assert first.proc.poll() is None and "step 24/24" not in first.text, \
+            f"the run ended before the fault:\n{first.text[-4000:]}"
         first.proc.send_signal(signal.SIGKILL)  # the driver dies; Ray ends its workers
         first.wait(30)
     finally:
         first.kill()
+    runs = _runs_named(client, name)
+    assert len(runs) == 1, runs
+    run_id = runs[0].info.run_id
+    step = CheckpointManager(mlflow_repo(run_id, client.tracking_uri), every_steps=4,
+                             keep=2).latest_step()
+    assert step is not None and step < 24, f"no checkpoint before the end:\n{first.text}"
     second = run_train(fmnist_tiny, name)
     s = second.summary()
     assert s["run_id"] == run_id and s["steps"] == 24

@@ -109,6 +109,15 @@ def barrier() -> None:
         tdist.barrier()
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's picklable `obj`, in rank order (``[obj]`` outside a process group)."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 # ----------------------------------------------------------------------------- shuffle BN
 
 

@@ -31,6 +31,14 @@ def add_finetune(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="SGD lr (cosine to 0)")
     p.add_argument("--max-train", type=int, default=0, help="cap on train images (0 = all)")
     p.add_argument("--max-test", type=int, default=0, help="cap on test images (0 = all)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers that share the "
+                   "fine-tunes (default %(default)s; like training: this machine's Ray, or "
+                   "RAY_ADDRESS / ray.address)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="Ray CPU request (and torch threads) per worker (default "
+                   "ray.cpus_per_worker)")
+    p.add_argument("--local", action="store_true",
+                   help="run in this process instead of on Ray Train workers")
     p.add_argument("--config", default=None, help="TOML config instead of the run's params")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
@@ -50,7 +58,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.tracking import resolve_tracking_uri
 
     fractions = parse_fractions(args.fractions)
-    for key in ("epochs", "min_steps", "batch_size"):
+    for key in ("epochs", "min_steps", "batch_size", "workers"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')}: {getattr(args, key)} must be >= 1")
     uri = resolve_tracking_uri(load_config(args.config).mlflow)
@@ -66,12 +74,21 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     settings = FinetuneSettings(epochs=args.epochs, min_steps=args.min_steps,
                                 batch_size=args.batch_size, lr=args.lr,
                                 seed=loaded.cfg.train.seed)
-    rows = label_efficiency(
-        loaded.backbone, em.random_init_like(loaded.cfg, loaded.cfg.train.seed),
-        (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-        (torch.from_numpy(x_te), torch.from_numpy(y_te)), fractions=fractions,
-        augment_cfg=loaded.cfg.augment, num_classes=int(max(y_tr.max(), y_te.max())) + 1,
-        settings=settings)
+    train = (torch.from_numpy(x_tr), torch.from_numpy(y_tr))
+    test = (torch.from_numpy(x_te), torch.from_numpy(y_te))
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    if args.local:
+        rows = label_efficiency(
+            loaded.backbone, em.random_init_like(loaded.cfg, loaded.cfg.train.seed), train,
+            test, fractions=fractions, augment_cfg=loaded.cfg.augment, num_classes=num_classes,
+            settings=settings)
+    else:
+        from pipeline.eval.finetune_ray import label_efficiency_on_ray
+
+        rows = label_efficiency_on_ray(loaded.cfg, loaded.backbone.state_dict(), train, test,
+                                       fractions=fractions, num_classes=num_classes,
+                                       settings=settings, workers=args.workers,
+                                       cpus_per_worker=args.cpus_per_worker)
     run = None if args.no_log else log_finetune(loaded, rows, settings, train_uri=train_uri,
                                                 test_uri=test_uri, tracking_uri=uri)
     if args.json:

@@ -95,7 +95,10 @@ def finetune_top1(backbone: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     if x_tr.shape[0] < 1 or x_tr.shape[0] != y_tr.shape[0]:
         raise ValueError(f"finetune: {x_tr.shape[0]} train images but {y_tr.shape[0]} labels")
     feature_dim = int(getattr(backbone, "feature_dim"))
-    model = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feature_dim, num_classes))
+    with torch.random.fork_rng(devices=[]):  # the head's init depends on the seed alone,
+        torch.manual_seed(s.seed)  # not on what ran before (Ray workers split the runs)
+        head = nn.Linear(feature_dim, num_classes)
+    model = nn.Sequential(copy.deepcopy(backbone), head)
     gen = torch.Generator().manual_seed(s.seed)
     steps_per_epoch = math.ceil(x_tr.shape[0] / s.batch_size)
     steps = max(s.min_steps, s.epochs * steps_per_epoch)

@@ -81,3 +81,34 @@ def test_parse_fractions_names_the_flag() -> None:
     for bad in ("", "0,0.5", "0.1,x", "1.5"):
         with pytest.raises(ConfigError, match="^--fractions"):
             parse_fractions(bad)
+
+
+def test_ray_workers_split_the_finetunes_and_get_the_rows_of_one_process(
+        one_thread: None) -> None:
+    """`finetune_ray`: the 2 x len(fractions) fine-tunes split round-robin over ranks give,
+    merged, exactly the rows `label_efficiency` computes in one process (each fine-tune,
+    its head included, is seeded on its own), whatever the number of ranks."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.eval.evaluate import random_init_like
+    from pipeline.eval.finetune_ray import jobs_of, rows_from, run_jobs
+
+    demo = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "demo.toml"
+    cfg = load_config(demo, ["model.width=4"])
+    settings = FinetuneSettings(epochs=1, min_steps=8, batch_size=32, seed=cfg.train.seed)
+    pretrained = random_init_like(cfg, 11)  # stands in for trained weights
+    train, test = _fmnist(300, 200)
+    fractions = [0.1, 0.5]
+    whole = label_efficiency(pretrained, random_init_like(cfg, settings.seed), train, test,
+                             fractions=fractions, augment_cfg=cfg.augment, num_classes=10,
+                             settings=settings)
+    assert sorted(j for r in range(3) for j in jobs_of(fractions, r, 3)) == \
+        sorted(jobs_of(fractions, 0, 1))  # every fine-tune once
+    for world in (1, 3):
+        parts = [run_jobs(cfg, pretrained.state_dict(), train, test, fractions=fractions,
+                          num_classes=10, settings=settings, rank=r, world=world)
+                 for r in range(world)]
+        assert rows_from(parts, fractions) == whole
+    with pytest.raises(RuntimeError, match="no result for"):
+        rows_from(parts[:1], fractions)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from typing import Any
@@ -19,6 +21,7 @@ from pipeline.tracking import client_for, open_run
 
 pytestmark = pytest.mark.integration
 
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "demo.toml")
 
 
@@ -58,17 +61,24 @@ def _run_with_encoder(stack: Any, name: str, safetensors: bool) -> tuple[str, st
     return model, str(mv.version)
 
 
-def test_finetune_cli_reports_logs_plot_and_tags(stack: Any, labelled: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_finetune_cli_on_ray_workers_reports_logs_plot_and_tags(
+        stack: Any, labelled: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mocopipe finetune` on 2 Ray Train workers of the stack (a child process, as a user
+    runs it: this one imported Ray before the stack's token existed) logs the run, the plot
+    and the tags, and its rows equal the same fine-tunes run in one process (`--local`)."""
     model, version = _run_with_encoder(stack, f"fttest-{uuid.uuid4().hex[:8]}", True)
-    capsys.readouterr()  # MLflow's "View run" lines from the setup above
-    rc = main(["finetune", f"models:/{model}/{version}", "--data", labelled,
-               "--fractions", "0.1,1.0", "--epochs", "1", "--min-steps", "5", "--json"])
-    assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    common = [f"models:/{model}/{version}", "--data", labelled, "--fractions", "0.1,1.0",
+              "--epochs", "1", "--min-steps", "5", "--json"]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "finetune", *common,
+                           "--workers", "2", "--cpus-per-worker", "0.5"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
     assert [r["fraction"] for r in out["rows"]] == [0.1, 1.0]
     n_small, n_all = (r["n_labels"] for r in out["rows"])
     assert 25 <= n_small <= 35 and n_all == 300  # ~10% of each of the 10 classes; all
+    for rank in (0, 1):  # both Ray Train workers ran their share (2 of the 4 fine-tunes)
+        assert f"finetune: rank {rank}/2 runs 2 fine-tunes" in proc.stdout + proc.stderr
     client = client_for(stack.mlflow_uri)
     run = client.get_run(out["finetune_run"])
     assert run.info.status == "FINISHED" and run.data.tags["mocopipe.kind"] == "finetune"
@@ -79,6 +89,16 @@ def test_finetune_cli_reports_logs_plot_and_tags(stack: Any, labelled: str,
     tags = client.get_model_version(model, version).tags
     assert tags["finetune.run_id"] == run.info.run_id
     assert tags["finetune.random_top1.1"] == f"{out['rows'][1]['random_top1']:.4f}"
+
+    capsys.readouterr()  # MLflow's "View run" lines from the setup above
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker (0.5 CPU -> 1 torch thread)
+    try:
+        assert main(["finetune", *common, "--local", "--no-log"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    local = json.loads(capsys.readouterr().out)
+    assert local["rows"] == out["rows"]
 
 
 def test_finetune_cli_refuses_a_run_without_safetensors(stack: Any, labelled: str,

@@ -104,6 +104,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over ranks, as a new tensor (any dtype: int64 counts stay exact). Single
+    process: a detached copy."""
+    out = t.detach().clone()
+    if is_distributed():
+        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         tdist.barrier()

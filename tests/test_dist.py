@@ -70,7 +70,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     tdist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         assert dist.is_distributed() and dist.rank() == rank and dist.world_size() == world
-        result = {"shuffle": _shuffle_check(rank, world)}
+        result = {"shuffle": _shuffle_check(rank, world),
+                  "sum": dist.all_reduce_sum(torch.tensor([2**40 + rank])).tolist()}
         for symmetric in (False, True):
             result[f"sym={symmetric}"] = _train(world, rank, "shuffle", symmetric)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -133,6 +134,11 @@ def test_control_one_process_without_split_bn_differs(ddp_results: list[dict]) -
     assert diff > 1e-3  # BN over 8 samples is not BN over 2 x 4: the split is what matters
 
 
+def test_all_reduce_sum_keeps_int64_counts_exact(ddp_results: list[dict]) -> None:
+    # 2**41 + 1 is not representable in float32: the sum stays in int64
+    assert [r["sum"] for r in ddp_results] == [[2**41 + 1]] * 2
+
+
 def test_collectives_are_no_ops_without_a_process_group() -> None:
     assert not dist.is_distributed() and dist.rank() == 0 and dist.world_size() == 1
     t = torch.arange(6.0).view(3, 2)
@@ -140,6 +146,8 @@ def test_collectives_are_no_ops_without_a_process_group() -> None:
     assert dist.broadcast(t, 0) is t
     m = dist.all_reduce_mean(t)
     assert torch.equal(m, t) and m is not t
+    c = torch.tensor([7])
+    assert torch.equal(dist.all_reduce_sum(c), c) and dist.all_reduce_sum(c) is not c
     dist.barrier()
     module = torch.nn.Linear(2, 2)
     assert dist.wrap_ddp(module) is module and dist.unwrap(module) is module

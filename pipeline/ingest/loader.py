@@ -6,12 +6,14 @@ on their `ReaderPlan`s and yields ``steps_per_epoch`` batches: step ``i`` comes 
 across the readers (backpressure: a slow trainer stalls the readers instead of growing a
 queue; memory does not depend on corpus size).
 
-State is a tiny JSON-able dict: ``{"epoch", "step", "cursors", "corrupt"}``, where ``step``
-counts batches handed to the trainer (not requested), and ``cursors``/``corrupt`` hold each
-reader's emission position after its last handed-out batch (and corrupt samples met so
-far). `load_state_dict` makes the next ``epoch(e)`` resume exactly there: same batches,
-same order, same pixels. A state with only ``epoch``/``step`` is accepted too (cursors
-are then derived from the step, exact when no sample was corrupt).
+State is a tiny JSON-able dict: ``{"epoch", "step", "cursors", "corrupt", "samples"}``, where
+``step`` counts batches handed to the trainer (not requested), ``cursors``/``corrupt`` hold
+each reader's emission position after its last handed-out batch (and corrupt samples met so
+far), and ``samples`` counts the samples of this epoch handed out so far that were not
+repeats (each a different planned sample: the epoch's consumption, kept across a resume).
+`load_state_dict` makes the next ``epoch(e)`` resume exactly there: same batches, same
+order, same pixels. A state with only ``epoch``/``step`` is accepted too (cursors and
+``samples`` are then derived from the step, exact when no sample was corrupt).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class Loader:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "step", "cursors", "corrupt"}`` as of the last batch handed out."""
+        """``{"epoch", "step", "cursors", "corrupt", "samples"}`` as of the last batch handed
+        out."""
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._state.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -120,19 +123,25 @@ class Loader:
             if key in state and (not isinstance(state[key], list) or len(state[key]) != n):
                 raise ValueError(f"Loader.load_state_dict: {key!r} must list {n} readers "
                                  f"(ingest.readers_per_worker), got {state[key]!r}")
+        if "samples" in state and (not isinstance(state["samples"], int) or state["samples"] < 0):
+            raise ValueError(f"Loader.load_state_dict: 'samples' must be an int >= 0, got "
+                             f"{state['samples']!r} in {state!r}")
         self._resume = dict(state)
         self._state = self.state_dict() | dict(state)
 
-    def _start_point(self, epoch: int) -> tuple[int, list[int], list[int]]:
-        """(first step, per-reader cursor, per-reader corrupt count) for this epoch."""
+    def _start_point(self, epoch: int) -> tuple[int, list[int], list[int], int]:
+        """(first step, per-reader cursor, per-reader corrupt count, samples handed out) for
+        this epoch."""
         n, b = self.ingest.readers_per_worker, self.per_rank_batch
         resume, self._resume = self._resume, None
         if resume is None or resume["epoch"] != epoch:
-            return 0, [0] * n, [0] * n
+            return 0, [0] * n, [0] * n, 0
         step = resume["step"]
         done = [len(range(i, step, n)) for i in range(n)]  # batches each reader handed out
         cursors = resume.get("cursors") or [d * b for d in done]
-        return step, [int(c) for c in cursors], [int(c) for c in resume.get("corrupt") or [0] * n]
+        samples = resume.get("samples", step * b)
+        return (step, [int(c) for c in cursors],
+                [int(c) for c in resume.get("corrupt") or [0] * n], int(samples))
 
     # ------------------------------------------------------------------ iteration
 
@@ -140,12 +149,13 @@ class Loader:
         """Yield this rank's batches of ``epoch`` from the saved cursor (exactly
         ``steps_per_epoch`` of them when starting fresh)."""
         rank_plan = self._plan(epoch).ranks[self.rank]
-        step, cursors, corrupt = self._start_point(epoch)
+        step, cursors, corrupt, samples = self._start_point(epoch)
         starts = [self._call(r, "start", p, c, k)
                   for r, p, c, k in zip(self._readers, rank_plan.readers, cursors, corrupt)]
         for started in starts:
             self._result(started)  # surface a bad plan before the first batch
-        self._state = {"epoch": epoch, "step": step, "cursors": cursors, "corrupt": corrupt}
+        self._state = {"epoch": epoch, "step": step, "cursors": cursors, "corrupt": corrupt,
+                       "samples": samples}
         self._metrics.start_epoch()
         return self._iterate(epoch, step)
 
@@ -163,8 +173,9 @@ class Loader:
             reader = step % n
             cursors, corrupt = list(self._state["cursors"]), list(self._state["corrupt"])
             cursors[reader], corrupt[reader] = batch.pop("cursor"), batch.pop("corrupt_total")
+            samples = self._state["samples"] + len(batch["keys"]) - int(batch["repeats"])
             self._state = {"epoch": epoch, "step": step + 1, "cursors": cursors,
-                           "corrupt": corrupt}
+                           "corrupt": corrupt, "samples": samples}
             batch["view1"], batch["view2"] = _tensor(batch["view1"]), _tensor(batch["view2"])
             batch["step"] = step
             yield batch

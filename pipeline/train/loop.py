@@ -31,7 +31,8 @@ from pipeline.train.state import (
 from pipeline.train.trainer import StepStats, Trainer
 
 METRIC_KEYS = ("loss", "acc1", "lr", "momentum", "samples_per_s", "step_time",
-               "data_wait_frac", "queue_fill", "corrupt", "epoch", "nonfinite", "knn_top1")
+               "data_wait_frac", "queue_fill", "corrupt", "epoch", "nonfinite", "knn_top1",
+               "epoch_samples")
 Views = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -72,6 +73,7 @@ class TrainResult:
     model_version: str | None = None
     first_step_s: float | None = None
     resume_changed: list[str] = field(default_factory=list)
+    epoch_samples: int | None = None  # samples the last epoch that ended trained on, all ranks
 
 
 class MetricWindow:
@@ -126,6 +128,7 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
     first_step_s: float | None = None
     views: Views | None = None
     evaluated_at = saved_at = -1
+    epoch_samples: int | None = None
     stats: StepStats | None = None
     start = reported_at = trainer.steps_done
     for batch, wait in batches(loader, start, total):
@@ -150,6 +153,8 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
                  report=report)
             startup = {}
             win.reset()
+        if step % spe == 0:
+            epoch_samples = count_epoch(loader, services, step, trainer.device)
         if step % spe == 0 and eval_every_epochs and (step // spe) % eval_every_epochs == 0 \
                 and step < total:
             knn, evaluated_at = evaluate(trainer, services, step), step
@@ -161,7 +166,7 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
     if stats is not None and stats.stop and step < total:
         ckpt.close()
         return TrainResult(step, total, last_loss, knn, True, first_step_s=first_step_s,
-                           resume_changed=changed)
+                           resume_changed=changed, epoch_samples=epoch_samples)
     knn = knn if evaluated_at == step else evaluate(trainer, services, step)
     if saved_at != step:
         save(trainer, loader, ckpt, services, step, last=True)
@@ -170,7 +175,8 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
     if services.export is not None:
         name, version = services.export(copy.deepcopy(trainer.model.backbone).cpu(),
                                         knn_top1=knn, views=views, step=step)
-    return TrainResult(step, total, last_loss, knn, False, name, version, first_step_s, changed)
+    return TrainResult(step, total, last_loss, knn, False, name, version, first_step_s, changed,
+                       epoch_samples)
 
 
 def _log(services: Services, metrics: dict[str, float], step: int, total: int,
@@ -190,6 +196,22 @@ def _log(services: Services, metrics: dict[str, float], step: int, total: int,
           f"{metrics['loss']:.4f} acc1 {metrics['acc1']:.3f} lr {metrics['lr']:.4g} "
           f"{metrics['samples_per_s']:.0f} samples/s data_wait {metrics['data_wait_frac']:.2f}",
           flush=True)
+
+
+def count_epoch(loader: BatchSource, services: Services, step: int,
+                device: torch.device) -> int:
+    """At an epoch's last step: the samples this epoch trained on, summed over ranks (each
+    loader counts the samples it handed out this epoch that were not repeats, and keeps the
+    count in its checkpointed state, so an epoch resumed midway still counts whole). Rank 0
+    logs it as `epoch_samples` at `step`. Every rank calls this (one int64 all-reduce)."""
+    mine = int(loader.state_dict().get("samples", 0))
+    total = int(dist.all_reduce_sum(torch.tensor([mine], dtype=torch.int64,
+                                                 device=device)).item())
+    if services.sink is not None:
+        services.sink.log({"epoch_samples": float(total)}, step)
+        print(f"[mocopipe] step {step}: the epoch that ended here trained on {total} "
+              f"samples", flush=True)
+    return total
 
 
 def _flush_or_veto(sink: MetricSink | None, timeout: float) -> Callable[[int], None] | None:

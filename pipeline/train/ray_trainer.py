@@ -82,8 +82,9 @@ def run_training(cfg: Config, resume: str | None = None, *,
                  wrap_services: WrapServices | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray; return the JSON-able summary (run_id, run_name, steps,
     total_steps, loss, knn_top1, registered_model, model_version, mlflow_url, stopped,
-    wall_s, first_step_s). wrap_services(services, rank) wraps each worker's services
-    (e.g. to inject faults in a test); it must be picklable."""
+    wall_s, first_step_s, epoch_samples: the samples trained on in the last epoch, all
+    ranks). wrap_services(services, rank) wraps each worker's services (e.g. to inject
+    faults in a test); it must be picklable."""
     preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -183,7 +184,7 @@ def summarize(run: RunRef, metrics: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"run {run.run_id}: the workers returned no summary "
                            f"(Result.metrics keys: {sorted(metrics)})")
     keys = ("steps", "total_steps", "loss", "knn_top1", "registered_model", "model_version",
-            "first_step_s", "resume_changed")
+            "first_step_s", "resume_changed", "epoch_samples")
     return {"run_id": run.run_id, "run_name": run.run_name,
             **{k: metrics.get(k) for k in keys}, "stopped": bool(metrics.get("worker_stopped")),
             "mlflow_url": run_url(run.tracking_uri, run.experiment_id, run.run_id)}

@@ -137,7 +137,8 @@ def summary_of(result: TrainResult) -> dict[str, Any]:
     return {"steps": result.step, "total_steps": result.total_steps, "loss": result.loss,
             "knn_top1": result.knn_top1, "registered_model": result.registered_model,
             "model_version": result.model_version, "first_step_s": result.first_step_s,
-            "worker_stopped": result.stopped, "resume_changed": result.resume_changed}
+            "worker_stopped": result.stopped, "resume_changed": result.resume_changed,
+            "epoch_samples": result.epoch_samples}
 
 
 def ray_entry(config: dict[str, Any]) -> None:

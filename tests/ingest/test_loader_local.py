@@ -54,6 +54,10 @@ def test_resume_reproduces_the_remaining_batches_exactly(tmp_path: Any) -> None:
     full = _run(full_loader)
     assert len(full) == full_loader.steps_per_epoch == 160 // 8
     assert full_loader.metrics()["corrupt"] == 1
+    # the epoch's consumption: every planned sample but the corrupt one (its stand-in is a
+    # repeat, handed out but not counted)
+    full_samples = full_loader.state_dict()["samples"]
+    assert full_samples == 160 - 1 == full_loader.metrics()["samples"] - 1
     for stop in (1, 7, 19):
         first = _loader(folder, shards, max_corrupt=0.1)
         it = first.epoch(0)
@@ -68,6 +72,8 @@ def test_resume_reproduces_the_remaining_batches_exactly(tmp_path: Any) -> None:
         for a, b in zip(head + rest, full):
             assert a["keys"] == b["keys"] and a["step"] == b["step"]
             assert torch.equal(a["view1"], b["view1"]) and torch.equal(a["view2"], b["view2"])
+        assert state["samples"] == sum(len(b["keys"]) - b["repeats"] for b in head)
+        assert again.state_dict()["samples"] == full_samples  # counted whole across the resume
     # the next epoch reshuffles: a different order of the same samples
     epoch1 = _run(full_loader, 1)
     assert [b["keys"] for b in epoch1] != [b["keys"] for b in full]
@@ -123,6 +129,7 @@ def test_corrupt_samples_are_skipped_counted_and_replaced_by_repeats(tmp_path: A
     # every position a reader consumed was a sample handed out or a counted corrupt one
     state = loader.state_dict()
     assert len(keys) == 120 and sum(state["cursors"]) == len(keys) + m["corrupt"]
+    assert state["samples"] == len(unique) == len(keys) - m["repeats"]  # repeats not counted
     assert sum(state["corrupt"]) == m["corrupt"] >= 3 + lost
 
 
@@ -145,5 +152,11 @@ def test_state_dict_is_small_json_and_validated(tmp_path: Any) -> None:
         loader.load_state_dict({"epoch": 0, "step": -1})
     with pytest.raises(ValueError, match="cursors"):
         loader.load_state_dict({"epoch": 0, "step": 1, "cursors": [8]})
+    with pytest.raises(ValueError, match="samples"):
+        loader.load_state_dict({"epoch": 0, "step": 1, "samples": -1})
+    # an older state without "samples": derived from the step (exact without repeats)
+    loader.load_state_dict({"epoch": 0, "step": 2})
+    assert [len(b["keys"]) for b in loader.epoch(0)] == [8, 8, 8]
+    assert json.loads(json.dumps(loader.state_dict()))["samples"] == 40
     with pytest.raises(ValueError, match="rank 2"):
         _loader(str(tmp_path), shards, rank=2, world=2)

@@ -48,11 +48,13 @@ class TensorBatches:
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         resume, self._resume = self._resume, None
         first = resume["step"] if resume is not None and resume["epoch"] == epoch else 0
+        samples = resume["samples"] if first else 0  # carried across a resume, as Loader's
         for i in range(first, self.steps_per_epoch):
             g = torch.Generator().manual_seed(epoch * 1000 + i)
             views = torch.randint(0, 256, (2, self.batch, 1, self.side, self.side),
                                   generator=g, dtype=torch.uint8)
-            self._state = {"epoch": epoch, "step": i + 1}
+            samples += self.batch
+            self._state = {"epoch": epoch, "step": i + 1, "samples": samples}
             yield {"view1": views[0], "view2": views[1]}
 
     def state_dict(self) -> dict[str, Any]:
@@ -109,6 +111,10 @@ def test_uninterrupted_run_logs_each_log_step_once(uninterrupted: Any) -> None:
     assert sink.steps("startup/first_step_s") == [0]  # the startup breakdown, once
     assert result.first_step_s is not None and result.first_step_s > 0
     assert state["step"] == TOTAL and state["schedule"]["total_steps"] == TOTAL
+    # each epoch's consumption, logged once at its last step (and the last one in the result)
+    assert [(s, m["epoch_samples"]) for s, m in sink.records if "epoch_samples" in m] == [
+        (SPE, SPE * 2), (TOTAL, SPE * 2)]
+    assert result.epoch_samples == SPE * 2
 
 
 @pytest.mark.parametrize("stop_at", [4, 6])  # on a checkpoint step / between checkpoints
@@ -129,6 +135,9 @@ def test_stop_at_step_k_then_resume_is_bitwise_the_uninterrupted_run(
     ref_loss = {s: m["loss"] for s, m in ref_sink.records if "loss" in m}
     got_loss = {s: m["loss"] for s, m in first.records + second.records if "loss" in m}
     assert got_loss == ref_loss
+    # an epoch resumed midway is still counted whole, once
+    assert [(s, m["epoch_samples"]) for s, m in first.records + second.records
+            if "epoch_samples" in m] == [(SPE, SPE * 2), (TOTAL, SPE * 2)]
 
 
 class CrashingSink(MemorySink):

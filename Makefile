@@ -40,7 +40,7 @@ sysdeps:
 	fi
 
 test: install sysdeps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 up: install
 	$(MOCO) up

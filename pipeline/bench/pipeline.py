@@ -14,7 +14,10 @@ start-up is not in it. Reported: ``pipeline_vs_bare`` (ratio of step rates, goal
 ``data_wait_frac`` (mean and max over the pipeline run's windows after ``warmup``, goal <
 0.05), ``first_step_s`` (the run summary's figure when the trainer reports one, else from
 the ``run_training`` call to the end of step 1, estimated from the first window), and
-``logging_overhead``: the CPU seconds that rank 0's MLflow logging spends (the metric calls,
+``reader_cpu_s_per_step`` / ``trainer_cpu_s_per_step`` / ``cores_busy`` (`bench.cpu`: the
+reader actors' and train workers' CPU over the timed window) with ``cpu_bound_prediction``,
+the ratio to expect if the cores are the limit (bare step CPU / real step CPU, readers
+included), and ``logging_overhead``: the CPU seconds that rank 0's MLflow logging spends (the metric calls,
 the async flush thread and the system-metrics sampler, driven at the pipeline run's window
 rate against the same server, nothing else running in this process) divided by the step
 time they cover. Bench runs go to the experiment ``<train.name>-bench`` and register
@@ -57,8 +60,11 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
     from pipeline.tracking import client_for, resolve_tracking_uri
     from pipeline.train.ray_trainer import run_training
 
+    from pipeline.bench.cpu import CpuSampler
+
     t0 = time.time()
-    summary = run_training(cfg)
+    with CpuSampler() as sampler:
+        summary = run_training(cfg)
     client = client_for(resolve_tracking_uri(cfg.mlflow))
     times = _windows(client, summary["run_id"], "step_time", 0)
     waits = _windows(client, summary["run_id"], "data_wait_frac", warmup)
@@ -74,6 +80,12 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
     first_step, _, first_ts = times[0]
     first_step_s = summary.get("first_step_s")
     median = sorted(v for _, v in spans)[len(spans) // 2]
+    # CPU of the reader actors and train workers between the end of the warm-up window and
+    # the last window (the metric timestamps: when rank 0 logged them)
+    start = [ts for s, _, ts in times if s == warmup]
+    w0, w1 = (start[0] if start else times[0][2]) / 1000, times[-1][2] / 1000
+    n_timed = sum(n for n, _ in spans)
+    cpu = {kind: sampler.cpu_between(kind, w0, w1) for kind in ("reader", "trainer")}
     return {
         "run_id": summary["run_id"], "steps": summary["steps"],
         "steps_per_s": sum(n for n, _ in spans) / max(seconds, 1e-9),
@@ -85,6 +97,10 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
         else first_ts / 1000 - t0 - (first_step - 1) * median,
         "first_step_source": "summary" if first_step_s is not None else "outside",
         "wall_s": time.time() - t0,
+        "reader_cpu_s_per_step": cpu["reader"] / max(n_timed, 1),
+        "trainer_cpu_s_per_step": cpu["trainer"] / max(n_timed, 1),
+        "cores_busy": (cpu["reader"] + cpu["trainer"]) / max(w1 - w0, 1e-9),
+        "reader_processes": sampler.processes("reader"),
     }
 
 
@@ -142,6 +158,11 @@ def bench_pipeline(cfg: Config, *, warmup: int = 20, steps: int = 40, workers: i
         "bare_data_wait_frac": bare["data_wait_frac"],
         "first_step_s": pipe["first_step_s"], "first_step_source": pipe["first_step_source"],
         "logging_cpu_s": cpu, "logging_overhead": cpu / (logging_windows * window_s),
+        # If the machine's cores are the limit, a step costs its CPU seconds: the expected
+        # ratio is the bare step's CPU over the real step's CPU, readers included.
+        "reader_cpu_s_per_step": pipe["reader_cpu_s_per_step"],
+        "cpu_bound_prediction": bare["trainer_cpu_s_per_step"] / max(
+            pipe["trainer_cpu_s_per_step"] + pipe["reader_cpu_s_per_step"], 1e-9),
         "runs": runs,
     }
 
@@ -156,6 +177,11 @@ def format_report(r: dict[str, Any]) -> str:
         f"(goal >= 0.95)",
         f"data_wait_frac after step {r['warmup_steps']}: mean {r['data_wait_frac']:.3f} "
         f"max {r['data_wait_frac_max']:.3f} (goal < 0.05)",
+        f"CPU s/step: readers {r['reader_cpu_s_per_step']:.3f}, trainers "
+        f"{r['runs']['pipeline']['trainer_cpu_s_per_step']:.3f} (bare "
+        f"{r['runs']['bare']['trainer_cpu_s_per_step']:.3f}); cores busy "
+        f"{r['runs']['pipeline']['cores_busy']:.2f} (bare {r['runs']['bare']['cores_busy']:.2f})"
+        f" -> cpu_bound_prediction {r['cpu_bound_prediction']:.2f}",
         f"logging_overhead {r['logging_overhead']:.4f} of step time (goal < 0.01); "
         f"first_step_s {r['first_step_s']:.1f} ({r['first_step_source']}; goal <= 20)",
     ])

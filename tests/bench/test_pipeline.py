@@ -29,6 +29,12 @@ def test_bench_pipeline_reports_every_figure_from_two_real_runs(fmnist_tiny: Dat
     assert report["pipeline_steps_per_s"] > 0 and report["bare_steps_per_s"] > 0
     assert 0 <= report["data_wait_frac"] <= report["data_wait_frac_max"] <= 1
     assert 0 < report["logging_overhead"] < 1 and report["first_step_s"] > 0
+    # where the CPU went: the real run's reader actors (1 per worker in tiny.toml) were
+    # sampled and did work; the bare run's workers stepped without any
+    assert runs["pipeline"]["reader_processes"] >= 2 and report["reader_cpu_s_per_step"] > 0
+    assert runs["bare"]["reader_cpu_s_per_step"] < 0.1 * report["reader_cpu_s_per_step"]
+    assert runs["pipeline"]["trainer_cpu_s_per_step"] > 0
+    assert runs["bare"]["trainer_cpu_s_per_step"] > 0 and report["cpu_bound_prediction"] > 0
     client = mlflow_client()
     for name, synthetic in (("pipeline", "false"), ("bare", "true")):
         run = client.get_run(runs[name]["run_id"])

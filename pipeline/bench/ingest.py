@@ -6,6 +6,8 @@ same machine load:
 (a)/(b) CPU: two-view samples per CPU-second (one core) of our per-sample path
     (`decode_image` with DCT downscaling + `two_views`) vs the facebookresearch/moco-style
     pure-PIL path (`pipeline.bench.reference`), on the dataset's first ``samples`` images.
+Per format: the same two-view path on the same pictures re-encoded as JPEG, WebP and PNG
+    (``per_format``: samples/s per core, mean KB, ratio to JPEG).
 (c) Network: MB/s of a raw boto3 GET (``get_object`` body read in 1 MiB pieces, nothing
     else) vs our streaming tar iteration (`ReadAheadStream` + `iter_members`, every member's
     bytes handed over) on the same shards, alternating shard by shard: with ``ranges``
@@ -101,6 +103,61 @@ def cpu_load(n: int) -> Iterator[list[int]]:
                 p.join(timeout=10)
 
 
+FORMATS = {"jpg": ("JPEG", {"quality": 90}), "webp": ("WEBP", {"quality": 90}),
+           "png": ("PNG", {})}
+
+
+def reencode(images: list[bytes], fmt: str) -> list[bytes]:
+    """The same pictures as ``fmt`` (jpg / webp / png) bytes, RGB, via Pillow."""
+    import io
+
+    from PIL import Image
+
+    pil_format, options = FORMATS[fmt]
+    out = []
+    for data in images:
+        with Image.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format=pil_format, **options)
+            out.append(buf.getvalue())
+    return out
+
+
+def format_throughput(images: list[bytes], *, size: int, cfg: AugmentConfig,
+                      rounds: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Two-view samples per CPU-second (one core) of our per-sample path (`ours_two_views`:
+    decode, DCT downscaling for JPEG, 2x crop/flip) on the same pictures encoded as JPEG,
+    WebP and PNG (the formats of an img2dataset corpus); the formats alternate per round so
+    each sees the same machine load. Per format: ``samples_per_core_s``, ``mean_kb`` and
+    ``vs_jpg`` (its rate over JPEG's)."""
+    import numpy as np
+    import torch
+
+    from pipeline.bench.reference import ours_two_views
+
+    encoded = {fmt: reencode(images, fmt) for fmt in FORMATS}
+    rng = np.random.default_rng(seed)
+    spent = dict.fromkeys(FORMATS, 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a reader actor
+    try:
+        for fmt, data in encoded.items():  # warm-up
+            ours_two_views(data[0], fmt, size, cfg, rng)
+        for r in range(rounds):
+            order = list(FORMATS)[r % len(FORMATS):] + list(FORMATS)[:r % len(FORMATS)]
+            for fmt in order:
+                t0 = time.process_time()
+                for data in encoded[fmt]:
+                    ours_two_views(data, fmt, size, cfg, rng)
+                spent[fmt] += time.process_time() - t0
+    finally:
+        torch.set_num_threads(threads)
+    rate = {fmt: rounds * len(images) / max(spent[fmt], 1e-9) for fmt in FORMATS}
+    return {fmt: {"samples_per_core_s": rate[fmt], "vs_jpg": rate[fmt] / rate["jpg"],
+                  "mean_kb": sum(map(len, encoded[fmt])) / len(images) / 1000}
+            for fmt in FORMATS}
+
+
 def network_throughput(storage: Storage, shard_uris: list[str], *, rounds: int = 3,
                        read_ahead_mb: int = 16, ranges: int = 4,
                        block_mb: int = 4) -> dict[str, float]:
@@ -170,6 +227,7 @@ def _bench(dataset_uri: str, storage_cfg: StorageConfig | None, samples: int, si
         raise ValueError(f"bench ingest: {dataset_uri} has no non-empty shards")
     images = sample_images(storage, uris, samples)
     cpu = cpu_throughput(images, size=size, cfg=AugmentConfig(), rounds=rounds)
+    per_format = format_throughput(images, size=size, cfg=AugmentConfig(), rounds=rounds)
     picked, total = [], 0
     for shard in (s for s in manifest.shards if s.samples > 0):
         if picked and total + shard.bytes > max_mb * _MB:
@@ -180,7 +238,7 @@ def _bench(dataset_uri: str, storage_cfg: StorageConfig | None, samples: int, si
                              block_mb=block_mb)
     return {"dataset": dataset_uri, "image_size": size, "images": len(images),
             "mean_image_kb": sum(map(len, images)) / len(images) / 1000,
-            "shards": len(picked), **cpu, **net}
+            "shards": len(picked), **cpu, "per_format": per_format, **net}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -198,4 +256,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['sequential_stream_mb_s']:.0f} -> {r['sequential_stream_vs_raw_get']:.2f}x",
         f"CPU ms/MB: raw {r['raw_get_cpu_ms_per_mb']:.2f}  "
         f"stream {r['stream_cpu_ms_per_mb']:.2f}",
+        "per format, two-view samples/s per core (same pictures re-encoded): " + "  ".join(
+            f"{fmt} {v['samples_per_core_s']:.1f} ({v['mean_kb']:.0f} KB, "
+            f"{v['vs_jpg']:.2f}x jpg)" for fmt, v in r["per_format"].items()),
     ])

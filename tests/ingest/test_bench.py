@@ -16,6 +16,26 @@ from pipeline.storage import Storage
 pytestmark = pytest.mark.unit
 
 
+def test_reencode_gives_the_same_pictures_in_each_format() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.bench.ingest import reencode
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    for fmt, pil in (("jpg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")):
+        (data,) = reencode([buf.getvalue()], fmt)
+        with Image.open(io.BytesIO(data)) as back:
+            assert back.format == pil and back.size == (30, 20), fmt
+            if fmt == "png":  # lossless: the very pixels
+                assert np.array_equal(np.asarray(back), np.asarray(im))
+
+
 def test_bench_ingest_json_reports_both_ratios(tmp_path: Any, capsys: Any) -> None:
     write_jpeg_folder(str(tmp_path / "jpegs"), 6, width=64, height=48)
     dest = str(tmp_path / "ds")
@@ -36,6 +56,14 @@ def test_bench_ingest_json_reports_both_ratios(tmp_path: Any, capsys: Any) -> No
         assert report[key] > 0, key
     assert report["cpu_vs_reference"] == pytest.approx(
         report["ours_samples_per_core_s"] / report["reference_samples_per_core_s"])
+    fmts = report["per_format"]
+    assert list(fmts) == ["jpg", "webp", "png"]  # the formats of an img2dataset corpus
+    assert fmts["jpg"]["vs_jpg"] == pytest.approx(1.0)
+    for fmt, row in fmts.items():
+        assert row["samples_per_core_s"] > 0 and row["mean_kb"] > 0, fmt
+        assert row["vs_jpg"] == pytest.approx(
+            row["samples_per_core_s"] / fmts["jpg"]["samples_per_core_s"])
+    assert fmts["png"]["mean_kb"] > fmts["jpg"]["mean_kb"]  # lossless: bigger, same pictures
     with pytest.raises(ValueError, match="samples=0"):
         main(["bench", "ingest", dest, "--samples", "0"])
     with pytest.raises(ValueError, match="ranges=0"):

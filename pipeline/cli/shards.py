@@ -41,6 +41,11 @@ def add_shards(sub: Any) -> None:
     ix.add_argument("--append", action="store_true", help="add shards that appeared since")
     ix.add_argument("--sha256", action="store_true", help="also hash every shard (full read)")
     ix.add_argument("--workers", type=int, default=8, help="shards read at once (8)")
+    ix.add_argument("--ray", action="store_true",
+                    help="read the tars as Ray tasks on the cluster (RAY_ADDRESS; the tasks "
+                         "take S3 credentials from their nodes' environment) instead of "
+                         "threads of this process")
+    ix.add_argument("--ray-cpus", type=float, default=0.5, help="CPUs per Ray task (0.5)")
     ix.add_argument("--dataset", default=None, help="dataset name in the manifest")
     ix.add_argument("--quiet", action="store_true", help="no progress bar (summary only)")
     storage_args(ix)
@@ -93,7 +98,8 @@ def _cmd_shards_index(args: argparse.Namespace) -> int:
     try:
         report = index_shards(args.source, storage=_shards_storage(args), dest=args.manifest,
                               append=args.append, sha256=args.sha256, workers=args.workers,
-                              dataset=args.dataset, progress=not args.quiet)
+                              dataset=args.dataset, progress=not args.quiet,
+                              on_ray=args.ray, ray_cpus=args.ray_cpus)
     except ValueError as exc:  # bad arguments / no tars / lost race: one line, no traceback
         print(f"mocopipe: error: {exc}", file=sys.stderr)
         return 2

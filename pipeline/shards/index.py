@@ -5,7 +5,8 @@ Flow (one direction):
   `list_shards(source)`        an ``s3://`` prefix, a brace pattern
                                (``s3://b/laion/{00000..00009}.tar``) or a local folder
                                -> `ShardRef` (uri, size, ETag), sorted
-  -> `workers` threads          each tar read once through THE tar parser (`ingest.tario`):
+  -> `workers` threads, or      each tar read once through THE tar parser (`ingest.tario`):
+     Ray tasks (``on_ray``)
                                members grouped by key as webdataset does, samples without an
                                image member counted (``no_image``), image formats recorded,
                                sha256 only with ``sha256=True`` (data bytes are skipped, not
@@ -66,6 +67,8 @@ class IndexReport:
     changed: list[str] = field(default_factory=list)  # listed shards whose ETag changed
     bytes_read: int = 0
     seconds: float = 0.0
+    readers: set[tuple[str, int]] = field(default_factory=set)  # (host, pid) that read tars
+    on_ray: bool = False
 
     @property
     def no_image(self) -> int:
@@ -136,11 +139,58 @@ def _read_partial(storage: Storage, uri: str) -> dict[str, ShardInfo]:
     return out
 
 
+def _scan_where(storage: Storage, ref: ShardRef, sha256: bool
+                ) -> tuple[ShardInfo, tuple[str, int]]:
+    """`scan_tar`, and which process read the tar (host name, pid)."""
+    import socket
+
+    return scan_tar(storage, ref, sha256=sha256), (socket.gethostname(), os.getpid())
+
+
+class _Scanner:
+    """Runs `_scan_where` on threads of this process or as Ray tasks on the cluster that
+    ``RAY_ADDRESS`` names (else a local Ray); `submit` returns a concurrent Future either way.
+    Ray tasks get the S3 credentials from their node's environment, as reader actors do;
+    only settings are forwarded (`envvars.forwarded_env`)."""
+
+    def __init__(self, workers: int, on_ray: bool, ray_cpus: float) -> None:
+        self.on_ray, self._connected, self._pool = on_ray, False, None
+        if not on_ray:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="shards-index")
+            return
+        import ray
+
+        from pipeline.envvars import forwarded_env
+
+        if not ray.is_initialized():
+            env = forwarded_env()
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False,
+                     **({"runtime_env": {"env_vars": env}} if env else {}))
+            self._connected = True
+        self._task = ray.remote(num_cpus=ray_cpus, max_retries=2)(_scan_where)
+
+    def submit(self, storage: Storage, ref: ShardRef, sha256: bool
+               ) -> Future[tuple[ShardInfo, tuple[str, int]]]:
+        if self._pool is not None:
+            return self._pool.submit(_scan_where, storage, ref, sha256)
+        return self._task.remote(storage, ref, sha256).future()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: not the rest first
+        elif self._connected:
+            import ray
+
+            ray.shutdown()  # cancels what is still running
+
+
 def index_shards(source: str, *, storage: Storage, dest: str | None = None,
                  append: bool = False, sha256: bool = False, workers: int = 8,
-                 dataset: str | None = None, progress: bool = True) -> IndexReport:
+                 dataset: str | None = None, progress: bool = True, on_ray: bool = False,
+                 ray_cpus: float = 0.5) -> IndexReport:
     """Index the tars of `source` into a manifest at `dest` (default: ``FOLDER/manifest.json``
-    of the source); return the report.
+    of the source); return the report. `workers` tars are read at once: by threads of this
+    process, or with `on_ray` by Ray tasks (`ray_cpus` CPUs each) on the cluster.
 
     Raises:
         ValueError: bad arguments, no tar under `source`, `dest` exists without `append`.
@@ -183,19 +233,29 @@ def index_shards(source: str, *, storage: Storage, dest: str | None = None,
     bar = _bar(len(refs), progress, source)
     bar.update(len(done))
     last_flush = time.monotonic()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="shards-index")
+    report.on_ray = on_ray
+    scanner = _Scanner(workers, on_ray, ray_cpus)
+    queue = iter(todo)
+    pending: dict[Future[tuple[ShardInfo, tuple[str, int]]], ShardRef] = {}
+
+    def refill() -> None:  # at most 2 x workers tars in flight: bounded at millions of shards
+        while len(pending) < 2 * workers:
+            ref = next(queue, None)
+            if ref is None:
+                return
+            pending[scanner.submit(storage, ref, sha256)] = ref
+
     try:
-        pending: dict[Future[ShardInfo], ShardRef] = {
-            pool.submit(scan_tar, storage, ref, sha256=sha256): ref for ref in todo}
+        refill()
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             failure: BaseException | None = None
             for fut in finished:
                 ref = pending.pop(fut)
                 try:
-                    info = fut.result()
+                    info, where = fut.result()
                 except ValueError as exc:  # TarFormatError and friends: a bad tar, left out
-                    report.bad.append({"input": ref.uri, "reason": str(exc)})
+                    report.bad.append({"input": ref.uri, "reason": _reason(exc)})
                     bar.update(1)
                     continue
                 except BaseException as exc:  # noqa: BLE001 - raised once the rest is kept
@@ -206,6 +266,7 @@ def index_shards(source: str, *, storage: Storage, dest: str | None = None,
                 partial[info.key] = info
                 report.indexed += 1
                 report.bytes_read += info.bytes
+                report.readers.add(where)
                 bar.update(1)
                 rate = report.bytes_read / 2**20 / max(time.monotonic() - started, 1e-6)
                 bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
@@ -214,11 +275,12 @@ def index_shards(source: str, *, storage: Storage, dest: str | None = None,
             if time.monotonic() - last_flush > _FLUSH_S:
                 _write_partial(storage, partial_uri, partial)
                 last_flush = time.monotonic()
+            refill()
     except BaseException:
         _write_partial(storage, partial_uri, partial)  # Ctrl-C / crash: keep the progress
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: do not read the rest first
+        scanner.close()
         bar.close()
     order = {_relative(dest, r.uri): i for i, r in enumerate(refs)}
     shards = [known[k] for k in known if k not in order]  # listed before, gone from source now
@@ -228,6 +290,12 @@ def index_shards(source: str, *, storage: Storage, dest: str | None = None,
     storage.delete(partial_uri)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause's message: a Ray task's error carries the remote traceback in str()."""
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else exc)
 
 
 def _empty(source: str, dataset: str | None) -> Manifest:
@@ -271,6 +339,10 @@ def summary_line(report: IndexReport) -> str:
              f"{report.no_image} samples without an image skipped",
              (f"{report.indexed} shards read ({report.indexed / secs:.1f} shards/s, "
               f"{report.bytes_read / 2**20 / secs:.1f} MB/s), {report.reused} reused")]
+    if report.on_ray:
+        hosts = {h for h, _ in report.readers}
+        parts.append(f"read by {len(report.readers)} Ray worker process(es) on "
+                     f"{len(hosts)} host(s)")
     if report.bad:
         parts.append(f"{len(report.bad)} unreadable tar(s) left out, e.g. "
                      f"{report.bad[0]['input']}: {report.bad[0]['reason']}")

@@ -126,3 +126,34 @@ def test_two_concurrent_appends_lose_nothing(storage: Storage, tmp_path: Path) -
                  progress=False)
     keys = sorted(s.key for s in read_manifest(storage, dest).shards)
     assert keys == ["data/00000.tar", "data/00001.tar", "data/00002.tar"]  # under idx's folder
+
+
+def test_ray_tasks_index_to_the_same_manifest_as_threads(storage: Storage,
+                                                         tmp_path: Path) -> None:
+    """`shards index --ray` (a child process, as a user runs it: this one imported Ray
+    before the stack's token existed) reads the tars as Ray tasks on the stack's cluster,
+    which take their S3 keys from the nodes' environment; the manifest equals the thread
+    index's, and a tar that is not a tar is left out, named, on both paths."""
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "laion", shards=3, per_shard=10)
+    src = f"s3://corpus/rayindex-{uuid.uuid4().hex[:8]}/laion"
+    for path in sorted(corpus.folder.iterdir()):
+        storage.put_file(f"{src}/{path.name}", str(path))
+    storage.put_bytes(f"{src}/00003.tar", b"not a tar at all " * 64)
+    threads, on_ray = f"{src}-idx/threads.json", f"{src}-idx/ray.json"
+    assert main(["shards", "index", src, "--manifest", threads, "--quiet"]) == 0
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "shards", "index", src,
+                           "--manifest", on_ray, "--quiet", "--ray", "--workers", "2",
+                           "--ray-cpus", "0.25"], cwd=repo, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray worker process(es)" in proc.stdout, proc.stdout
+    assert "1 unreadable tar(s) left out, e.g. " + f"{src}/00003.tar" in proc.stdout
+    mt, mr = read_manifest(storage, threads), read_manifest(storage, on_ray)
+    strip = [dataclasses.replace(s, added_at="") for s in mt.shards]
+    assert strip == [dataclasses.replace(s, added_at="") for s in mr.shards]
+    assert [os.path.basename(s.key) for s in mr.shards] == [f"{n:05d}.tar" for n in range(3)]
+    assert mr.total_samples == 26

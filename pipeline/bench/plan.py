@@ -5,7 +5,8 @@ For each corpus size (synthetic manifests of 10k, 100k, 1M shards of ~10k sample
 JSON of format 1, the compact columnar JSON of format 2), one fresh child process measures:
 the time to read + validate the manifest (the driver's `read_manifest`), the time to plan one
 epoch for 8, 64 and 512 ranks x 4 readers (`plan_epoch`), the peak RSS of that process
-(driver), and the largest plan one worker keeps (its rank's slices). The baseline the ratios
+(driver), the largest plan one worker keeps (its rank's slices), and the time a worker
+takes to plan its own rank only (`plan_epoch(only_rank=)`, what the loader does). The baseline the ratios
 are taken against is format 1, measured in the same run.
 """
 
@@ -63,8 +64,16 @@ def _child(path: str, ranks: list[int]) -> dict[str, Any]:
                           per_rank_batch=PER_RANK_BATCH, readers_per_rank=READERS)
         wall, cpu = time.perf_counter() - t1, time.process_time() - c1
         worker = max(sum(len(r.slices) for r in rank.readers) for rank in plan.ranks)
-        out["plans"][str(world)] = {"plan_s": wall, "plan_cpu_s": cpu, "worker_slices": worker}
         del plan
+        # what a train worker computes: its own rank's part only (`only_rank`)
+        t2, c2 = time.perf_counter(), time.process_time()
+        own = plan_epoch(counts, seed=1, epoch=3, world_size=world,
+                         per_rank_batch=PER_RANK_BATCH, readers_per_rank=READERS,
+                         only_rank=world - 1)
+        out["plans"][str(world)] = {"plan_s": wall, "plan_cpu_s": cpu, "worker_slices": worker,
+                                    "rank_plan_s": time.perf_counter() - t2,
+                                    "rank_plan_cpu_s": time.process_time() - c2}
+        del own
     out["peak_mb"] = _peak_mb()
     out["import_mb"] = base_mb
     return out
@@ -113,7 +122,8 @@ def iter_rows(sizes: tuple[int, ...], ranks: tuple[int, ...],
 def format_header(ranks: list[str]) -> str:
     return (f"{'shards':>9} {'manifest':>8} {'file MB':>8} {'load s':>12} "
             + " ".join(f"{'plan ' + r + 'x4 s':>14}" for r in ranks)
-            + f" {'load+plan' + ranks[-1] + ' s':>14} {'peak MB':>8} {'worker slices':>13}")
+            + f" {'load+plan' + ranks[-1] + ' s':>14} {'peak MB':>8} {'worker slices':>13}"
+            + f" {'1-rank plan s':>14}")
 
 
 def format_row(row: dict) -> str:
@@ -127,7 +137,8 @@ def format_row(row: dict) -> str:
             f"{row['load_s']:>6.2f}/{row['load_cpu_s']:<5.2f} "
             + " ".join(f"{plans[r]['plan_s']:>7.2f}/{plans[r]['plan_cpu_s']:<6.2f}"
                        for r in ranks)
-            + f" {total:>14} {row['peak_mb']:>8.0f} {last['worker_slices']:>13}")
+            + f" {total:>14} {row['peak_mb']:>8.0f} {last['worker_slices']:>13}"
+            + f" {last['rank_plan_s']:>7.2f}/{last['rank_plan_cpu_s']:<6.2f}")
 
 
 def format_report(rows: list[dict]) -> str:
@@ -138,7 +149,8 @@ def format_report(rows: list[dict]) -> str:
 _NOTE = (f"(seconds as wall/cpu; per-rank batch {PER_RANK_BATCH}, {READERS} readers per rank; "
          "peak MB = max RSS of "
          "the process that loads and plans; worker slices = the most shard slices one rank's "
-         "readers hold at the largest world size)")
+         "readers hold at the largest world size; 1-rank plan = the last rank's part alone, as a "
+         "train worker plans it)")
 
 
 def add_cli(sub: Any) -> None:

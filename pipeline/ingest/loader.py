@@ -100,7 +100,8 @@ class Loader:
     def _plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.shards, seed=self.seed, epoch=epoch, world_size=self.world_size,
                           per_rank_batch=self.per_rank_batch,
-                          readers_per_rank=self.ingest.readers_per_worker)
+                          readers_per_rank=self.ingest.readers_per_worker,
+                          only_rank=self.rank)  # this rank's part only
 
     # ------------------------------------------------------------------ state
 
@@ -148,7 +149,7 @@ class Loader:
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         """Yield this rank's batches of ``epoch`` from the saved cursor (exactly
         ``steps_per_epoch`` of them when starting fresh)."""
-        rank_plan = self._plan(epoch).ranks[self.rank]
+        rank_plan = self._plan(epoch).rank(self.rank)
         step, cursors, corrupt, samples = self._start_point(epoch)
         starts = [self._call(r, "start", p, c, k)
                   for r, p, c, k in zip(self._readers, rank_plan.readers, cursors, corrupt)]

@@ -123,7 +123,17 @@ class EpochPlan:
     readers_per_rank: int = 1
     total_samples: int = 0
     dropped_samples: int = 0
-    shard_order: list[str] = field(default_factory=list)
+    shard_order: list[str] = field(default_factory=list)  # empty in a one-rank plan
+    shards: int = 0  # shards in the manifest (empty ones included)
+
+    def rank(self, r: int) -> RankPlan:
+        """Rank ``r``'s plan (a one-rank plan, see `plan_epoch(only_rank=)`, holds only its
+        own)."""
+        for plan in self.ranks:
+            if plan.rank == r:
+                return plan
+        raise KeyError(f"this epoch plan holds no rank {r} (ranks "
+                       f"{[p.rank for p in self.ranks]})")
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-able description (for logs and MLflow params)."""
@@ -140,7 +150,7 @@ class EpochPlan:
             "total_samples": self.total_samples,
             "used_samples": self.total_samples - self.dropped_samples,
             "dropped_samples": self.dropped_samples,
-            "shards": len(self.shard_order),
+            "shards": self.shards or len(self.shard_order),
             "samples_per_rank": self.steps_per_epoch * self.per_rank_batch,
             "reader_samples_min": min(reader_samples),
             "reader_samples_max": max(reader_samples),
@@ -240,8 +250,11 @@ def plan_epoch(
     world_size: int,
     per_rank_batch: int,
     readers_per_rank: int = 1,
+    only_rank: int | None = None,
 ) -> EpochPlan:
     """Plan one epoch for every rank and reader (see the module docstring for the layout).
+    With ``only_rank``, the plan holds that rank's part only (what a train worker needs: the
+    same slices as in the whole plan, without the other ranks' or the shard order).
 
     Args:
         shards: ``[(shard key, sample count)]``, e.g. ``Manifest.shard_counts()``; any order.
@@ -253,12 +266,16 @@ def plan_epoch(
         ValueError: bad arguments, or a corpus smaller than one global batch.
     """
     with paused_gc():  # ~1M slice objects at a million shards
-        return _plan_epoch(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank)
+        return _plan_epoch(shards, seed, epoch, world_size, per_rank_batch, readers_per_rank,
+                           only_rank)
 
 
 def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_size: int,
-                per_rank_batch: int, readers_per_rank: int) -> EpochPlan:
+                per_rank_batch: int, readers_per_rank: int,
+                only_rank: int | None = None) -> EpochPlan:
     _validate_args(seed, epoch, world_size, per_rank_batch, readers_per_rank)
+    if only_rank is not None and not 0 <= only_rank < world_size:
+        raise ValueError(f"plan_epoch: only_rank={only_rank} is not a rank of {world_size}")
     keys, count_list = _sorted_columns(shards)
     counts = np.array(count_list, dtype=np.int64)
     total = int(counts.sum())
@@ -279,7 +296,7 @@ def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_
     laid = _Laid(keys, counts, order)
 
     ranks: list[RankPlan] = []
-    for r in range(world_size):
+    for r in range(world_size) if only_rank is None else [only_rank]:
         pos = r * per_rank_total
         readers: list[ReaderPlan] = []
         for j in range(readers_per_rank):
@@ -302,5 +319,6 @@ def _plan_epoch(shards: Sequence[tuple[str, int]], seed: int, epoch: int, world_
         readers_per_rank=int(readers_per_rank),
         total_samples=total,
         dropped_samples=total - used,
-        shard_order=[keys[i] for i in order.tolist()],
+        shard_order=[keys[i] for i in order.tolist()] if only_rank is None else [],
+        shards=len(keys),
     )

@@ -17,6 +17,7 @@ def test_bench_plan_rows_for_both_forms() -> None:
     for row in rows:
         assert row["load_s"] > 0 and 20 < row["peak_mb"] < 1024
         assert set(row["plans"]) == {"2", "8"}
-        assert all(p["plan_s"] > 0 and p["worker_slices"] >= 1 for p in row["plans"].values())
+        assert all(p["plan_s"] > 0 and p["worker_slices"] >= 1 and p["rank_plan_s"] > 0
+                   for p in row["plans"].values())
     text = format_report(rows)
-    assert "json-v2" in text and "plan 8x4 s" in text
+    assert "json-v2" in text and "plan 8x4 s" in text and "1-rank plan s" in text

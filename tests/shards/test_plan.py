@@ -241,3 +241,22 @@ def test_plan_matches_a_naive_reference(trial: int) -> None:
     got = [[(s.shard, s.start, s.stop) for s in r.slices] for rank in plan.ranks
            for r in rank.readers]
     assert got == _naive_plan(shards, trial % 3, trial % 5, world, batch, readers)
+
+
+@pytest.mark.parametrize("world,readers", [(1, 1), (3, 2), (8, 4)])
+def test_a_one_rank_plan_is_that_rank_of_the_whole_plan(world: int, readers: int) -> None:
+    """What a train worker plans (`only_rank`): the very slices of the whole plan, and
+    nothing of the other ranks or the shard order."""
+    shards = [(f"s{i:03d}", 7 + (i * 5) % 11) for i in range(40)]
+    whole = plan_epoch(shards, seed=4, epoch=2, world_size=world, per_rank_batch=3,
+                       readers_per_rank=readers)
+    for r in range(world):
+        one = plan_epoch(shards, seed=4, epoch=2, world_size=world, per_rank_batch=3,
+                         readers_per_rank=readers, only_rank=r)
+        assert [p.rank for p in one.ranks] == [r] and one.rank(r) == whole.rank(r)
+        assert one.steps_per_epoch == whole.steps_per_epoch and one.shard_order == []
+        assert one.summary()["shards"] == whole.summary()["shards"] == 40
+        with pytest.raises(KeyError, match="holds no rank"):
+            one.rank((r + 1) % world if world > 1 else 5)
+    with pytest.raises(ValueError, match="only_rank=8"):
+        plan_epoch(shards, seed=4, epoch=2, world_size=8, per_rank_batch=3, only_rank=8)

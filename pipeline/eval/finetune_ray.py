@@ -14,9 +14,6 @@ hands them to the workers through the object store; the workers never touch MLfl
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 import uuid
 from typing import Any
 
@@ -73,10 +70,10 @@ def _entry(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: this rank's fine-tunes, gathered on every rank;
     rank 0's report carries the rows (`Result.metrics["rows"]`)."""
     import ray
-    import ray.train
 
     from pipeline import dist
     from pipeline.config import from_dict
+    from pipeline.train.worker import report_result
 
     torch.set_num_threads(max(1, int(config["threads"])))
     cfg = from_dict(config["cfg"])
@@ -90,15 +87,7 @@ def _entry(config: dict[str, Any]) -> None:
                     settings=FinetuneSettings(**config["settings"]), rank=rank, world=world)
     parts = dist.all_gather_object(mine)
     rows = rows_from(parts, config["fractions"])  # type: ignore[arg-type]
-    metrics = {"rows": [dataclasses.asdict(r) for r in rows]}
-    if dist.rank() != 0:
-        ray.train.report(metrics)
-        return
-    # rank 0 attaches a small checkpoint: what makes its report the driver's Result.metrics
-    with tempfile.TemporaryDirectory(prefix="mocopipe-finetune-") as tmp:
-        with open(os.path.join(tmp, "rows.json"), "w", encoding="utf-8") as fh:
-            json.dump(metrics, fh)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    report_result({"rows": [dataclasses.asdict(r) for r in rows]})
 
 
 def label_efficiency_on_ray(cfg: Config, pretrained_state: dict[str, torch.Tensor],

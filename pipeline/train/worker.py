@@ -3,7 +3,7 @@ monitor, encoder export, Ray Train reporting), the Loader and the Trainer, run t
 and hand the summary back to the driver through Ray Train's `Result`.
 
     services (MLflow, kNN, export, ray.train.report) + Loader + Trainer -> loop.train
-    -> rank 0 reports the summary with a tiny checkpoint (summary.json): `Result.metrics`
+    -> rank 0 reports the summary with a tiny checkpoint (`report_result`): `Result.metrics`
 """
 
 from __future__ import annotations
@@ -171,11 +171,18 @@ def ray_entry(config: dict[str, Any]) -> None:
     result = run_worker(cfg, run, device=ray.train.torch.get_device(), should_stop=should_stop,
                         report=lambda m: ray.train.report(m), startup=startup,
                         wrap_services=config.get("wrap_services"))
-    summary = summary_of(result)
+    report_result(summary_of(result))
+
+
+def report_result(metrics: dict[str, Any]) -> None:
+    """The last `ray.train.report` of a worker: every rank reports `metrics`; rank 0 attaches
+    them as a small checkpoint, which is what makes them the driver's `Result.metrics`."""
+    import ray.train
+
     if dist.rank() != 0:
-        ray.train.report(summary)
+        ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory(prefix="mocopipe-summary-") as tmp:
-        with open(os.path.join(tmp, "summary.json"), "w", encoding="utf-8") as fh:
-            json.dump(summary, fh)
-        ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    with tempfile.TemporaryDirectory(prefix="mocopipe-result-") as tmp:
+        with open(os.path.join(tmp, "result.json"), "w", encoding="utf-8") as fh:
+            json.dump(metrics, fh)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

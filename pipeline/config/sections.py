@@ -85,6 +85,7 @@ class IngestConfig:
     stream_ranges: int = 1  # ranged GETs of one shard in flight (1: one sequential GET; see README)
     range_block_mb: int = 4  # bytes per ranged GET
     synthetic: bool = False  # pre-built uint8 batches, no reading (`bench pipeline`'s bare loop)
+    device_prefetch: int = 2  # on CUDA: batches copied to the GPU ahead of the step (0: off)
     max_corrupt_fraction: float = 0.01
     placement_timeout_s: float = 60.0  # wait for a node offering the asked resources, then fail
 

@@ -85,6 +85,7 @@ def validate(cfg: Config) -> None:
     _need(i.read_ahead_mb >= 1, "ingest.read_ahead_mb", i.read_ahead_mb, "must be >= 1")
     _need(i.stream_ranges >= 1, "ingest.stream_ranges", i.stream_ranges, "must be >= 1")
     _need(i.range_block_mb >= 1, "ingest.range_block_mb", i.range_block_mb, "must be >= 1")
+    _need(i.device_prefetch >= 0, "ingest.device_prefetch", i.device_prefetch, "must be >= 0")
     _need(0.0 <= i.max_corrupt_fraction < 1.0, "ingest.max_corrupt_fraction",
           i.max_corrupt_fraction, "must be in [0, 1)")
     for k, v in i.reader_resources.items():

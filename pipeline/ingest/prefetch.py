@@ -15,6 +15,10 @@ state handed out with a batch is the data cursor *as of that batch*, not as of t
 already pulled ahead: a checkpoint taken after training on batch i resumes at batch i + 1.
 On the CPU the same thread and queue run and the copy is a no-op (that path is what the unit
 tests exercise).
+
+`PrefetchingSource` puts it in front of the training loop (`train.worker` on CUDA, with
+``ingest.device_prefetch`` batches ahead): a `BatchSource` whose `state_dict` is the loader's
+state as of the last batch the loop received, so checkpoints and resume stay exact.
 """
 
 from __future__ import annotations
@@ -108,3 +112,40 @@ class DevicePrefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PrefetchingSource:
+    """The training loop's `BatchSource` over `loader`, each epoch's batches coming through a
+    `DevicePrefetcher` (`depth` ahead, on `device`). `state_dict()` is the loader's state as
+    of the last batch handed to the loop, not of the batches already pulled ahead; anything
+    else (``metrics``, ``close``, ``placement`` ...) is the loader's."""
+
+    def __init__(self, loader: Any, device: torch.device, *, depth: int = 2) -> None:
+        self.loader, self.device, self.depth = loader, device, depth
+        self.steps_per_epoch: int = loader.steps_per_epoch
+        self._state: dict[str, Any] | None = None
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        return self._iterate(self.loader.epoch(epoch))  # set-up runs here, in this thread
+
+    def _iterate(self, source: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        prefetcher = DevicePrefetcher(source, self.device, depth=self.depth,
+                                      state_fn=self.loader.state_dict)
+        try:
+            for batch, state in prefetcher:
+                self._state = state
+                yield batch
+        finally:  # the loop stopped early, or the epoch ended: stop the thread
+            prefetcher.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._state is None:
+            return dict(self.loader.state_dict())
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state = None
+        self.loader.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)

@@ -117,7 +117,14 @@ def run_worker(cfg: Config, run: RunRef, *, device: torch.device, use_ray: bool 
             warm_start(trainer.model, cfg.train.init_from)  # a NEW run only
             if dist.rank() == 0:
                 print(f"[mocopipe] warm start from {cfg.train.init_from}", flush=True)
-        return train(trainer, loader, services, train_cfg=cfg.train, ckpt_cfg=cfg.checkpoint,
+        source: Any = loader
+        if device.type == "cuda" and cfg.ingest.device_prefetch > 0:
+            from pipeline.ingest.prefetch import PrefetchingSource
+
+            # host -> GPU copies of the next batches overlap the step (`bench gpu`: 0.84x of
+            # synthetic img/s with the copy inside the step on an H200)
+            source = PrefetchingSource(loader, device, depth=cfg.ingest.device_prefetch)
+        return train(trainer, source, services, train_cfg=cfg.train, ckpt_cfg=cfg.checkpoint,
                      eval_every_epochs=cfg.eval.every_epochs, global_batch=cfg.global_batch,
                      startup=startup)
     finally:

@@ -66,8 +66,10 @@ class TensorBatches:
 
 
 def _run(cfg: Config, repo: LocalArtifacts, sink: MemorySink, *,
-         stop_at: int | None = None) -> tuple[TrainResult, Any]:
-    """One attempt of the loop; `stop_at`: the stop request is seen before step `stop_at`."""
+         stop_at: int | None = None, prefetch: bool = False) -> tuple[TrainResult, Any]:
+    """One attempt of the loop; `stop_at`: the stop request is seen before step `stop_at`;
+    `prefetch`: the batches come through `PrefetchingSource` (what a CUDA worker uses), here
+    on the CPU, 3 batches ahead."""
     trainer = build_trainer(cfg, steps_per_epoch=SPE, device=torch.device("cpu"))
     polls: list[int] = []
 
@@ -77,7 +79,12 @@ def _run(cfg: Config, repo: LocalArtifacts, sink: MemorySink, *,
 
     services = Services(artifacts=repo, sink=sink, should_stop=should_stop,
                         fingerprint=run_fingerprint(cfg.flat(), MANIFEST_SHA))
-    result = train(trainer, TensorBatches(), services, train_cfg=cfg.train,
+    source: Any = TensorBatches()
+    if prefetch:
+        from pipeline.ingest.prefetch import PrefetchingSource
+
+        source = PrefetchingSource(source, torch.device("cpu"), depth=3)
+    result = train(trainer, source, services, train_cfg=cfg.train,
                    ckpt_cfg=cfg.checkpoint, eval_every_epochs=0, global_batch=cfg.global_batch)
     return result, trainer
 
@@ -117,16 +124,19 @@ def test_uninterrupted_run_logs_each_log_step_once(uninterrupted: Any) -> None:
     assert result.epoch_samples == SPE * 2
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "device-prefetch"])
 @pytest.mark.parametrize("stop_at", [4, 6])  # on a checkpoint step / between checkpoints
 def test_stop_at_step_k_then_resume_is_bitwise_the_uninterrupted_run(
-        tmp_path: Path, uninterrupted: Any, stop_at: int,
+        tmp_path: Path, uninterrupted: Any, stop_at: int, prefetch: bool,
         capsys: pytest.CaptureFixture[str]) -> None:
+    """Also through `PrefetchingSource`, which pulls batches ahead of the step: the
+    checkpoint still holds the data cursor of the last batch trained on."""
     _, want, ref_sink = uninterrupted
     repo, first, second = LocalArtifacts(str(tmp_path)), MemorySink(), MemorySink()
-    stopped, _ = _run(_cfg(), repo, first, stop_at=stop_at)
+    stopped, _ = _run(_cfg(), repo, first, stop_at=stop_at, prefetch=prefetch)
     assert stopped.stopped and stopped.step == stop_at
     assert CheckpointManager(repo, every_steps=4, keep=2).latest_step() == stop_at
-    resumed, trainer = _run(_cfg(), repo, second)
+    resumed, trainer = _run(_cfg(), repo, second, prefetch=prefetch)
     assert f"resumed from checkpoint step {stop_at}" in capsys.readouterr().out
     assert resumed.step == TOTAL and not resumed.stopped
     _assert_bitwise_equal(trainer.state_dict(), want)
@@ -153,13 +163,15 @@ class CrashingSink(MemorySink):
         super().log(metrics, step)
 
 
-def test_crash_after_a_checkpoint_resumes_bitwise(tmp_path: Path, uninterrupted: Any) -> None:
+@pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "device-prefetch"])
+def test_crash_after_a_checkpoint_resumes_bitwise(tmp_path: Path, uninterrupted: Any,
+                                                  prefetch: bool) -> None:
     _, want, _ = uninterrupted
     repo = LocalArtifacts(str(tmp_path))
     with pytest.raises(SystemExit, match="killed at step 10"):
-        _run(_cfg(), repo, CrashingSink(10))
+        _run(_cfg(), repo, CrashingSink(10), prefetch=prefetch)
     assert CheckpointManager(repo, every_steps=4, keep=2).latest_step() == 8
-    resumed, trainer = _run(_cfg(), repo, MemorySink())
+    resumed, trainer = _run(_cfg(), repo, MemorySink(), prefetch=prefetch)
     assert resumed.step == TOTAL
     _assert_bitwise_equal(trainer.state_dict(), want)
 

@@ -19,12 +19,18 @@ _WEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc"
 
 
 class PrivateWeed:
-    """One `weed mini` with bucket ``corpus``; credentials are fixed test values."""
+    """One `weed mini` with bucket ``corpus`` (and any other `buckets`); credentials are fixed
+    test values unless given (the soak test reuses the session stack's: Ray workers get their
+    credentials from the stack's Ray head, never from the job)."""
 
     access_key = "INGESTTESTKEY"
     secret_key = "ingest-test-secret-0123456789"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, buckets: tuple[str, ...] = (),
+                 credentials: tuple[str, str] | None = None) -> None:
+        self.buckets = ["corpus", *buckets]
+        if credentials is not None:
+            self.access_key, self.secret_key = credentials
         self.ports = dict(zip(_WEED_PORTS, pick_ports(len(_WEED_PORTS))))
         self.state_dir = state_dir
         self.log = state_dir / "weed.log"
@@ -41,7 +47,7 @@ class PrivateWeed:
 
     def start(self, timeout_s: float = 90.0) -> None:
         env = {**os.environ, **self.env}
-        self.proc = spawn(weed_cmd(self.ports, self.state_dir, ["corpus"]), env=env,
+        self.proc = spawn(weed_cmd(self.ports, self.state_dir, self.buckets), env=env,
                           log_path=self.log, cwd=self.state_dir)
         wait_until(self._ready, what=f"private SeaweedFS at {self.endpoint}",
                    timeout_s=timeout_s, log_path=self.log, proc=self.proc)

@@ -7,7 +7,9 @@ handed to ShardWriter through its `opener`). When a shard closes, the sink names
 bytes, so concurrent writers and rewrites never overwrite a listed shard) and an upload
 thread either finds the same bytes already stored (same size and sha256: a resumed write)
 or uploads the file with its sha256 as object metadata (multipart above the configured
-threshold). A partial shard (an exception before it closed) is never uploaded. Next to each
+threshold). Every upload is create-only (If-None-Match): a plain name another writer took
+meanwhile (two fresh writes racing into one new dataset) is never overwritten; the shard
+goes under its content name instead. A partial shard (an exception before it closed) is never uploaded. Next to each
 stored shard goes its offsets index (`pipeline.shards.offsets`: where every K-th sample
 starts), so a reader can begin mid-shard with a ranged GET.
 """
@@ -26,7 +28,7 @@ import webdataset as wds
 
 from pipeline.shards.manifest import ShardInfo, shard_key
 from pipeline.shards.offsets import OffsetRecorder, offsets_uri
-from pipeline.storage import Storage, is_s3, join
+from pipeline.storage import PreconditionFailed, Storage, StorageError, is_s3, join
 
 MB = 2**20
 
@@ -138,8 +140,8 @@ class ShardSink:
         self._next += 1
         self.closed_bytes += hf.size
         self._changed = True
-        self._futures.append(self._pool.submit(self._store, key, fname, hf.hexdigest(),
-                                               hf.size, samples, offsets))
+        self._futures.append(self._pool.submit(self._store, key, self._next - 1, fname,
+                                               hf.hexdigest(), hf.size, samples, offsets))
         while sum(not f.done() for f in self._futures) > self._limit:  # disk backpressure
             wait([f for f in self._futures if not f.done()], return_when=FIRST_EXCEPTION,
                  timeout=1.0)
@@ -156,15 +158,34 @@ class ShardSink:
             return (self.storage.metadata(uri) or {}).get("sha256") == sha
         return file_sha256(uri) == sha
 
-    def _store(self, key: str, path: str, sha: str, size: int, samples: int,
+    def _create(self, key: str, index: int, path: str, sha: str, size: int) -> tuple[str, bool]:
+        """Store the file as `key`, or find it already stored there; never replace an object.
+
+        Every shard PUT is create-only (``If-None-Match: *``): when the name is taken by
+        other bytes (another writer racing into the same dataset, or what a crashed earlier
+        write left), the shard goes under its content name ``shard-NNNNNN-<sha[:12]>.tar``
+        instead. Returns (key used, uploaded)."""
+        for name in dict.fromkeys((key, shard_key(index, sha))):
+            uri = join(self.dest, name)
+            if self._already_stored(uri, sha, size):  # a resumed write: same bytes stored
+                return name, False
+            try:
+                self.storage.put_file(uri, path, {"sha256": sha}, if_none_match=True)
+                return name, True
+            except PreconditionFailed:
+                if self._already_stored(uri, sha, size):  # same bytes won (or our own retry)
+                    return name, False
+        raise StorageError(f"{join(self.dest, shard_key(index, sha))}: the name is taken by "
+                           f"other bytes (not overwritten; remove the stray object)")
+
+    def _store(self, key: str, index: int, path: str, sha: str, size: int, samples: int,
                offsets: OffsetRecorder) -> tuple[ShardInfo, bool]:
         if self._failed.is_set():  # an earlier upload failed: the write is over
             raise RuntimeError(f"{key}: not uploaded (an earlier shard upload failed)")
-        uri = join(self.dest, key)
         try:
-            present = self._already_stored(uri, sha, size)
-            if not present:
-                self.storage.put_file(uri, path, {"sha256": sha})
+            key, uploaded = self._create(key, index, path, sha, size)
+            present = not uploaded
+            uri = join(self.dest, key)
             version = self.storage.version(uri) or ""
             index = offsets.build(shard=key, size=size, sha256=sha, version=version)
             self.storage.put_bytes(offsets_uri(uri), index.to_json())

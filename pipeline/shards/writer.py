@@ -231,12 +231,19 @@ def _swap(storage: Storage, dest: str, manifest: Manifest, etag: str | None,
           tries: int = 5) -> None:
     """Compare-and-swap the manifest. An append that lost a race to another writer re-reads
     the manifest and adds its own shards (content-named: nothing to rename) to it, up to
-    `tries` times; a fresh write that lost raises ManifestConflict (its shards stay stored)."""
+    `tries` times; a fresh or rewriting write that lost raises ManifestConflict (its shards
+    stay stored: every shard PUT is create-only, so neither writer's shards were overwritten)."""
     for attempt in range(tries):
         try:
             swap_manifest(storage, dest, manifest, expect_etag=etag)
             return
-        except ManifestConflict:
+        except ManifestConflict as exc:
+            if appended is None and etag is None:
+                raise ManifestConflict(
+                    f"{manifest_uri(dest)}: another `shards write` created this dataset while "
+                    f"this one ran; its manifest stands and this write's shards stay stored "
+                    f"(never overwritten): run again with --append to add them to it, or "
+                    f"without --append to replace it") from exc
             if appended is None or attempt == tries - 1:
                 raise
         etag = object_etag(storage, manifest_uri(dest))

@@ -97,12 +97,19 @@ class Storage:
         return self.backend(uri).put_bytes(uri, data, if_match=if_match,
                                            if_none_match=if_none_match)
 
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None, *,
+                 if_none_match: bool = False) -> None:
         """Upload a local file (multipart above storage.multipart_threshold_mb).
 
         `metadata` (S3 only: user metadata, x-amz-meta-*) is returned by `metadata(uri)`.
+        ``if_none_match=True``: create only if no object has that name, else
+        PreconditionFailed and nothing is written (the same caveat as `put_bytes` for a
+        retried request).
         """
-        self.backend(uri).put_file(uri, path, metadata)
+        if if_none_match:
+            self.backend(uri).put_file(uri, path, metadata, if_none_match=True)
+        else:
+            self.backend(uri).put_file(uri, path, metadata)
 
     def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
                   if_match: str | None = None) -> bytes:

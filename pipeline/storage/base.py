@@ -117,8 +117,10 @@ class Backend(Protocol):
         """Write `data` whole (readers never see a partial object); return the new ETag.
         Conditional (see module doc): PreconditionFailed when the condition does not hold."""
 
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
-        """Upload the local file `path` (S3: multipart above the configured threshold)."""
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None, *,
+                 if_none_match: bool = False) -> None:
+        """Upload the local file `path` (S3: multipart above the configured threshold);
+        `if_none_match`: create only, else PreconditionFailed (see module doc)."""
 
     def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
                   if_match: str | None = None) -> bytes:

@@ -79,9 +79,20 @@ class LocalBackend:
 
         return self._atomic(uri, lambda f: f.write(data), commit)
 
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None, *,
+                 if_none_match: bool = False) -> None:
+        commit = None
+        if if_none_match:
+            def commit(tmp: str) -> None:
+                with self._dir_lock(uri):
+                    try:
+                        os.link(tmp, uri)  # atomic create: fails if the name exists
+                    except FileExistsError:
+                        raise PreconditionFailed(
+                            f"put {uri}: object already exists (if_none_match)") from None
+                    os.remove(tmp)
         with open(path, "rb") as src:
-            self._atomic(uri, lambda f: shutil.copyfileobj(src, f, 4 * 2**20))
+            self._atomic(uri, lambda f: shutil.copyfileobj(src, f, 4 * 2**20), commit)
 
     def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
                   if_match: str | None = None) -> bytes:

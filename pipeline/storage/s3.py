@@ -114,10 +114,14 @@ class S3Backend:
                         f"not hold ({_code(exc)}): the object changed or exists") from exc
                 raise
 
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None, *,
+                 if_none_match: bool = False) -> None:
         from boto3.s3.transfer import TransferConfig
 
         mb = 2**20
+        if if_none_match:
+            self._put_file_if_none_match(uri, path, dict(metadata or {}))
+            return
         tc = TransferConfig(multipart_threshold=self.cfg.multipart_threshold_mb * mb,
                             multipart_chunksize=self.cfg.multipart_chunk_mb * mb,
                             max_concurrency=4)
@@ -125,6 +129,45 @@ class S3Backend:
         with self._errors(uri, "upload"):
             self.client.upload_file(path, bucket, key, Config=tc,
                                     ExtraArgs={"Metadata": dict(metadata or {})})
+
+    def _put_file_if_none_match(self, uri: str, path: str, metadata: dict[str, str]) -> None:
+        """Create `uri` from the file only if no object has that name (``If-None-Match: *``
+        on the PutObject, or on the CompleteMultipartUpload above the multipart threshold:
+        boto3's transfer manager cannot pass it). A lost condition -> PreconditionFailed."""
+        bucket, key = split_s3(uri)
+        size = os.path.getsize(path)
+        chunk = max(self.cfg.multipart_chunk_mb * 2**20, 5 * 2**20)
+        with self._errors(uri, "put_object"):
+            try:
+                if size <= self.cfg.multipart_threshold_mb * 2**20:
+                    with open(path, "rb") as f:
+                        self.client.put_object(Bucket=bucket, Key=key, Body=f,
+                                               Metadata=metadata, IfNoneMatch="*")
+                    return
+                upload = self.client.create_multipart_upload(Bucket=bucket, Key=key,
+                                                             Metadata=metadata)["UploadId"]
+                try:
+                    parts = []
+                    with open(path, "rb") as f:
+                        for number, data in enumerate(iter(lambda: f.read(chunk), b""), 1):
+                            etag = self.client.upload_part(Bucket=bucket, Key=key, Body=data,
+                                                           UploadId=upload,
+                                                           PartNumber=number)["ETag"]
+                            parts.append({"ETag": etag, "PartNumber": number})
+                    self.client.complete_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload, IfNoneMatch="*",
+                        MultipartUpload={"Parts": parts})
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.client.abort_multipart_upload(Bucket=bucket, Key=key,
+                                                           UploadId=upload)
+                    raise
+            except Exception as exc:
+                if _code(exc) in _PRECONDITION:
+                    raise PreconditionFailed(
+                        f"put {uri} (endpoint {self.endpoint}): an object of that name "
+                        f"already exists (if_none_match, {_code(exc)})") from exc
+                raise
 
     def get_bytes(self, uri: str, start: int = 0, end: int | None = None, *,
                   if_match: str | None = None) -> bytes:

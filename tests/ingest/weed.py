@@ -29,13 +29,18 @@ _WEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc"
 
 class PrivateWeed:
     """One `weed mini` with bucket ``corpus`` (and `buckets`); the admin credentials are fixed
-    test values; `identities` adds keys with restricted actions (see the module doc)."""
+    test values unless given (the soak test reuses the session stack's: Ray workers get their
+    credentials from the stack's Ray head, never from the job); `identities` adds keys with
+    restricted actions (see the module doc)."""
 
     access_key = "INGESTTESTKEY"
     secret_key = "ingest-test-secret-0123456789"
 
     def __init__(self, state_dir: Path, *, identities: Sequence[dict[str, Any]] = (),
-                 buckets: Sequence[str] = ("corpus",)) -> None:
+                 buckets: Sequence[str] = ("corpus",),
+                 credentials: tuple[str, str] | None = None) -> None:
+        if credentials is not None:
+            self.access_key, self.secret_key = credentials
         self.ports = dict(zip(_WEED_PORTS, pick_ports(len(_WEED_PORTS))))
         self.state_dir = state_dir
         self.log = state_dir / "weed.log"

@@ -18,11 +18,12 @@ class CountingStorage(Storage):  # shared by the local and S3 writer tests
         super().__init__()
         self.fail_at, self.puts = fail_at, 0
 
-    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None) -> None:
+    def put_file(self, uri: str, path: str, metadata: dict[str, str] | None = None,
+                 **kwargs: bool) -> None:
         self.puts += 1
         if self.puts == self.fail_at:
             raise RuntimeError("injected crash")
-        super().put_file(uri, path, metadata)
+        super().put_file(uri, path, metadata, **kwargs)
 
 
 def read_folder(folder: str | Path) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from pipeline.config import StorageConfig
 from pipeline.shards.check import check_dataset
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.writer import write_shards
-from pipeline.storage import ObjectNotFound, Storage, StorageError
+from pipeline.storage import ObjectNotFound, PreconditionFailed, Storage, StorageError
 from tests.shards.conftest import CountingStorage, read_folder
 
 pytestmark = pytest.mark.integration
@@ -55,6 +55,16 @@ def test_storage_api(storage: Storage, prefix: str, tmp_path: Path) -> None:
     multi.put_file(f"{prefix}/big", str(big), {"sha256": "abc"})
     assert storage.get_bytes(f"{prefix}/big") == big.read_bytes()
     assert storage.metadata(f"{prefix}/big") == {"sha256": "abc"}
+    small = tmp_path / "small"
+    small.write_bytes(b"other")
+    for store, path in ((multi, big), (storage, small)):  # multipart / one PUT: create only
+        with pytest.raises(PreconditionFailed, match="already exists"):
+            store.put_file(f"{prefix}/big", str(path), {"sha256": "x"}, if_none_match=True)
+    assert storage.get_bytes(f"{prefix}/big") == big.read_bytes()
+    multi.put_file(f"{prefix}/big2", str(big), {"sha256": "abc"}, if_none_match=True)
+    assert storage.get_bytes(f"{prefix}/big2") == big.read_bytes()
+    assert storage.metadata(f"{prefix}/big2") == {"sha256": "abc"}
+    storage.delete(f"{prefix}/big2")
     assert storage.list(prefix) == [uri, f"{prefix}/big"]
     assert storage.list(prefix + "-other") == []
     storage.delete(uri)

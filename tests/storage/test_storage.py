@@ -57,6 +57,11 @@ def test_local_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "f.bin"
     src.write_bytes(b"x" * 1000)
     s.put_file(str(tmp_path / "c" / "copy.bin"), str(src))
+    src.write_bytes(b"y" * 10)
+    with pytest.raises(PreconditionFailed, match="already exists"):
+        s.put_file(str(tmp_path / "c" / "copy.bin"), str(src), if_none_match=True)
+    assert s.get_bytes(str(tmp_path / "c" / "copy.bin")) == b"x" * 1000
+    assert os.listdir(tmp_path / "c") == ["copy.bin"]  # no temp file left behind
     assert s.list(str(tmp_path)) == sorted([uri, str(tmp_path / "c" / "copy.bin"), str(src)])
     s.delete(uri)
     s.delete(uri)  # missing is fine

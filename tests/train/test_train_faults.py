@@ -39,33 +39,6 @@ def _runs_named(client, run_name: str) -> list:
                               filter_string=f"tags.`mocopipe.run_name` = '{run_name}'")
 
 
-def test_killed_worker_resumes_the_same_run_exactly(fmnist_tiny: Dataset,
-                                                     reference_run: Reference,
-                                                     tmp_path: Path) -> None:
-    name = f"wfail-{uuid.uuid4().hex[:8]}"
-    marker = tmp_path / "fault-fired"
-    # Rank 1 exits hard when it reports step 10 (a fault injected by wrapping its services;
-    # the step-8 checkpoint's async upload may or may not have committed); Ray Train restarts
-    # the worker group, which resumes from the latest complete checkpoint (4 or 8) in the
-    # same MLflow run.
-    tp = run_train(fmnist_tiny, name, "train.report_every=2",  # report (and die) at step 10
-                   driver=("-m", "tests.train.fault_driver", "--kill", f"1:10:{marker}"))
-    assert marker.exists(), "the fault hook never fired"
-    assert ("resumed from checkpoint step 8" in tp.text
-            or "resumed from checkpoint step 4" in tp.text), tp.text[-4000:]
-    s = tp.summary()
-    assert s["steps"] == 24
-    client = mlflow_client()
-    assert [r.info.run_id for r in _runs_named(client, name)] == [s["run_id"]]
-    assert metric_steps(client, s["run_id"], "loss") == LOGGED  # no step twice, none missing
-    assert metric_steps(client, s["run_id"], "knn_top1") == [12, 24]
-    ref_loss = {m.step: m.value for m in client.get_metric_history(
-        reference_run.summary["run_id"], "loss")}
-    got_loss = {m.step: m.value for m in client.get_metric_history(s["run_id"], "loss")}
-    assert got_loss == ref_loss
-    _assert_same_weights(client, s["run_id"], reference_run, tmp_path)
-
-
 def test_restarted_driver_continues_from_the_checkpoint(fmnist_tiny: Dataset,
                                                          reference_run: Reference,
                                                          tmp_path: Path) -> None:

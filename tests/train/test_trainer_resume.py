@@ -124,8 +124,8 @@ def test_uninterrupted_run_logs_each_log_step_once(uninterrupted: Any) -> None:
     assert result.epoch_samples == SPE * 2
 
 
-@pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "device-prefetch"])
-@pytest.mark.parametrize("stop_at", [4, 6])  # on a checkpoint step / between checkpoints
+@pytest.mark.parametrize(("stop_at", "prefetch"), [(4, False), (6, False), (4, True)],
+                         ids=["4-plain", "6-plain", "4-device-prefetch"])  # 4: a checkpoint step
 def test_stop_at_step_k_then_resume_is_bitwise_the_uninterrupted_run(
         tmp_path: Path, uninterrupted: Any, stop_at: int, prefetch: bool,
         capsys: pytest.CaptureFixture[str]) -> None:

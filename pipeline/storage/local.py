@@ -63,12 +63,7 @@ class LocalBackend:
         def commit(tmp: str) -> None:
             with self._dir_lock(uri):
                 if if_none_match:
-                    try:
-                        os.link(tmp, uri)  # atomic create: fails if the name exists
-                    except FileExistsError:
-                        raise PreconditionFailed(
-                            f"put {uri}: object already exists (if_none_match)") from None
-                    os.remove(tmp)
+                    _create(tmp, uri)
                     return
                 info = self.head(uri)
                 if info is None or info.etag != if_match:
@@ -85,12 +80,7 @@ class LocalBackend:
         if if_none_match:
             def commit(tmp: str) -> None:
                 with self._dir_lock(uri):
-                    try:
-                        os.link(tmp, uri)  # atomic create: fails if the name exists
-                    except FileExistsError:
-                        raise PreconditionFailed(
-                            f"put {uri}: object already exists (if_none_match)") from None
-                    os.remove(tmp)
+                    _create(tmp, uri)
         with open(path, "rb") as src:
             self._atomic(uri, lambda f: shutil.copyfileobj(src, f, 4 * 2**20), commit)
 
@@ -206,3 +196,13 @@ class LocalBackend:
             if isinstance(exc, OSError):
                 raise StorageError(f"write {path}: {exc}") from exc
             raise
+
+
+def _create(tmp: str, uri: str) -> None:
+    """Move the finished temp file `tmp` to `uri` only if no file has that name (the local
+    If-None-Match: os.link is an atomic create); else PreconditionFailed."""
+    try:
+        os.link(tmp, uri)
+    except FileExistsError:
+        raise PreconditionFailed(f"put {uri}: object already exists (if_none_match)") from None
+    os.remove(tmp)

@@ -7,8 +7,14 @@ finetune --fractions 0.01,0.1` (vs random init). Every step is the plain CLI com
 before it runs, so each row can be rerun by hand; results go to one JSON line per step in
 `--out` (a rerun skips the steps already there).
 
+Seed noise of the 1%-label fine-tune: `--finetune-seeds 0,1,2` also fine-tunes the model of
+`--finetune-model-seed` (default: the first of `--seeds`) on 1% of the labels once per
+fine-tune seed (`mocopipe finetune ... --fractions 0.01 --seed S`: a different class-balanced
+subset, head and random init each time), and the table adds mean and standard deviation over
+those seeds, pretrained and random init, and the margin between them.
+
     eval "$(.venv/bin/mocopipe env)"          # a stack with s3://corpus/fmnist written
-    .venv/bin/python jobs/compare_methods.py --seeds 0,1 --out compare.jsonl
+    .venv/bin/python jobs/compare_methods.py --seeds 0,1 --finetune-seeds 0,1,2 --out compare.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -40,16 +47,20 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _done(out: Path) -> set[tuple[str, int, str]]:
-    """(method, seed, step) already recorded in `out`: a rerun skips them."""
+def _key(r: dict[str, Any]) -> tuple[str, int, str, int | None]:
+    return (r["method"], r["seed"], r["step"], r.get("finetune_seed"))
+
+
+def _done(out: Path) -> set[tuple[str, int, str, int | None]]:
+    """(method, seed, step, fine-tune seed) already recorded in `out`: a rerun skips them."""
     if not out.exists():
         return set()
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    return {(r["method"], r["seed"], r["step"]) for r in rows}
+    return {_key(r) for r in rows}
 
 
 def _run(cmd: list[str], out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    if (record["method"], record["seed"], record["step"]) in _done(out):
+    if _key(record) in _done(out):
         print(f"already in {out}: {record}", flush=True)
         return None
     print("$ " + shlex.join(cmd), flush=True)
@@ -98,6 +109,24 @@ def table(out: Path) -> str:
         if row in base.get("knn", {}):
             lines.append(f"| {row.replace('_', ' ')} | | {f(base['knn'].get(row))} "
                          f"| {f(base['probe'].get(row))} | | | |")
+    noise = [m for m in methods if pick(m, "finetune_1pct")]
+    if noise:
+        lines += ["", ("| method (model seed) | fine-tune seeds | 1% pretrained mean (sd) | "
+                       "1% random init mean (sd) | margin | per seed: pretrained / random |"),
+                  "|---|---|---|---|---|---|"]
+    for m in noise:
+        runs = sorted(pick(m, "finetune_1pct"), key=lambda r: r["finetune_seed"])
+        pre = [r["rows"][0]["pretrained_top1"] for r in runs]
+        rnd = [r["rows"][0]["random_top1"] for r in runs]
+
+        def ms(xs: list[float]) -> str:
+            sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+            return f"{statistics.fmean(xs):.3f} ({sd:.3f})"
+
+        per = ", ".join(f"s{r['finetune_seed']}: {p:.3f} / {q:.3f}"
+                        for r, p, q in zip(runs, pre, rnd, strict=True))
+        lines.append(f"| {m} (s{runs[0]['seed']}) | {len(runs)} | {ms(pre)} | {ms(rnd)} | "
+                     f"{statistics.fmean(pre) - statistics.fmean(rnd):+.3f} | {per} |")
     return "\n".join(lines)
 
 
@@ -108,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("compare.jsonl"))
     ap.add_argument("--prefix", default="cmp")
     ap.add_argument("--no-eval", action="store_true", help="train only (kNN per seed)")
+    ap.add_argument("--finetune-seeds", default="",
+                    help="also fine-tune on 1%% of the labels once per seed (seed noise)")
+    ap.add_argument("--finetune-model-seed", type=int, default=None,
+                    help="the training seed whose model --finetune-seeds fine-tunes "
+                         "(default: the first of --seeds)")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     args = ap.parse_args(argv)
     if args.table:
@@ -128,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             _run([*moco, "finetune", f"models:/{model}/1", "--data", DATA,
                   "--fractions", "0.01,0.1", "--workers", "2", "--json"], args.out,
                  {"method": method, "seed": seed, "step": "finetune"})
+        seeds = [int(s) for s in args.seeds.split(",")]
+        model_seed = seeds[0] if args.finetune_model_seed is None else args.finetune_model_seed
+        for fs in (int(s) for s in args.finetune_seeds.split(",") if s.strip()):
+            _run([*moco, "finetune", f"models:/{args.prefix}-{method}-s{model_seed}-encoder/1",
+                  "--data", DATA, "--fractions", "0.01", "--seed", str(fs), "--workers", "2",
+                  "--json"], args.out, {"method": method, "seed": model_seed,
+                                        "step": "finetune_1pct", "finetune_seed": fs})
     print(table(args.out))
     return 0
 

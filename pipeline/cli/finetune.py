@@ -37,6 +37,9 @@ def add_finetune(sub: Any) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="Ray CPU request (and torch threads) per worker (default "
                    "ray.cpus_per_worker)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the labelled subsets, the heads and the random init "
+                        "(default: the run's train.seed)")
     p.add_argument("--local", action="store_true",
                    help="run in this process instead of on Ray Train workers")
     p.add_argument("--config", default=None, help="TOML config instead of the run's params")
@@ -52,8 +55,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     from pipeline.eval import evaluate as em
     from pipeline.eval.features import load_labelled
-    from pipeline.eval.finetune import (FinetuneSettings, label_efficiency, log_finetune,
-                                        parse_fractions, rows_as_dicts)
+    from pipeline.eval.finetune import (
+        FinetuneSettings,
+        label_efficiency,
+        log_finetune,
+        parse_fractions,
+        rows_as_dicts,
+    )
     from pipeline.storage import Storage
     from pipeline.tracking import resolve_tracking_uri
 
@@ -71,15 +79,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                                image_size=d.image_size, max_samples=args.max_train)
     x_te, y_te = load_labelled(storage, test_uri, channels=d.channels, image_size=d.image_size,
                                max_samples=args.max_test)
+    seed = loaded.cfg.train.seed if args.seed is None else args.seed
     settings = FinetuneSettings(epochs=args.epochs, min_steps=args.min_steps,
-                                batch_size=args.batch_size, lr=args.lr,
-                                seed=loaded.cfg.train.seed)
+                                batch_size=args.batch_size, lr=args.lr, seed=seed)
     train = (torch.from_numpy(x_tr), torch.from_numpy(y_tr))
     test = (torch.from_numpy(x_te), torch.from_numpy(y_te))
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     if args.local:
         rows = label_efficiency(
-            loaded.backbone, em.random_init_like(loaded.cfg, loaded.cfg.train.seed), train,
+            loaded.backbone, em.random_init_like(loaded.cfg, seed), train,
             test, fractions=fractions, augment_cfg=loaded.cfg.augment, num_classes=num_classes,
             settings=settings)
     else:

@@ -47,12 +47,13 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _key(r: dict[str, Any]) -> tuple[str, int, str, int | None]:
-    return (r["method"], r["seed"], r["step"], r.get("finetune_seed"))
+def _key(r: dict[str, Any]) -> tuple[str, int, str, int | None, str]:
+    return (r["method"], r["seed"], r["step"], r.get("finetune_seed"), r.get("overrides", ""))
 
 
-def _done(out: Path) -> set[tuple[str, int, str, int | None]]:
-    """(method, seed, step, fine-tune seed) already recorded in `out`: a rerun skips them."""
+def _done(out: Path) -> set[tuple[str, int, str, int | None, str]]:
+    """(method, seed, step, fine-tune seed, overrides) already recorded in `out`: a rerun
+    skips them."""
     if not out.exists():
         return set()
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
@@ -95,7 +96,9 @@ def table(out: Path) -> str:
     base: dict[str, Any] = {}
     for m in methods:
         trains = sorted(pick(m, "train"), key=lambda r: r["seed"])
-        knn_seeds = " / ".join(f"{f(r.get('knn_top1'))} (s{r['seed']})" for r in trains)
+        knn_seeds = " / ".join(
+            f"{f(r.get('knn_top1'))} (s{r['seed']}"
+            + (f", {r['overrides']})" if r.get("overrides") else ")") for r in trains)
         ev = (pick(m, "evaluate") or [{}])[0]
         knn, probe = ev.get("knn_top1") or {}, ev.get("probe_top1") or {}
         base = base or {"knn": knn, "probe": probe}
@@ -142,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-model-seed", type=int, default=None,
                     help="the training seed whose model --finetune-seeds fine-tunes "
                          "(default: the first of --seeds)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="SECTION.KEY=VALUE",
+                    help="config override for the train runs (repeatable), e.g. a tuning trial: "
+                         "--methods simclr --seeds 0 --no-eval --prefix t02 "
+                         "--set simclr.temperature=0.2 --out tune.jsonl")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     args = ap.parse_args(argv)
     if args.table:
@@ -152,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
             name = f"{args.prefix}-{method}-s{seed}"
             model = f"{name}-encoder"
+            extra = [x for o in args.overrides for x in ("--set", o)]
             _run([*moco, "train", CONFIGS[method], "--set", f"train.seed={seed}",
                   "--set", f'ray.run_name="{name}"', "--set", f'mlflow.registered_model="{model}"',
-                  "--json"], args.out, {"method": method, "seed": seed, "step": "train"})
+                  *extra, "--json"], args.out,
+                 {"method": method, "seed": seed, "step": "train",
+                  **({"overrides": " ".join(args.overrides)} if args.overrides else {})})
             if i or args.no_eval:
                 continue
             _run([*moco, "evaluate", f"models:/{model}/1", "--data", DATA, "--json"], args.out,

@@ -12,8 +12,11 @@ Each runs ``warmup + steps`` steps and logs a window every ``log_every`` steps; 
 rate is taken from the windows after ``warmup`` (the runs' own ``step_time`` metrics), so
 start-up is not in it. Reported: ``pipeline_vs_bare`` (ratio of step rates, goal >= 0.95),
 ``data_wait_frac`` (mean and max over the pipeline run's windows after ``warmup``, goal <
-0.05), ``first_step_s`` (the run summary's figure when the trainer reports one, else from
-the ``run_training`` call to the end of step 1, estimated from the first window), and
+0.05), ``first_step_s`` (from the ``run_training`` call to the end of step 1: the run
+summary's ``first_step_total_s``, which the workers measure against the call's wall-clock
+time; if a trainer does not report it, estimated from the first logged window), with
+``startup``, the run's own breakdown (the ``startup/*`` metrics: driver, Ray init, worker
+group, process group, manifest, readers, setup, resume, first batch/step), and
 ``reader_cpu_s_per_step`` / ``trainer_cpu_s_per_step`` / ``cores_busy`` (`bench.cpu`: the
 reader actors' and train workers' CPU over the timed window) with ``cpu_bound_prediction``,
 the ratio to expect if the cores are the limit (bare step CPU / real step CPU, readers
@@ -78,7 +81,10 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
         prev = s
     seconds = sum(n * v for n, v in spans)
     first_step, _, first_ts = times[0]
-    first_step_s = summary.get("first_step_s")
+    first_step_s = summary.get("first_step_total_s")
+    metrics = client.get_run(summary["run_id"]).data.metrics  # the latest value of each
+    startup = {k.split("/", 1)[1]: round(v, 3) for k, v in metrics.items()
+               if k.startswith("startup/")}
     median = sorted(v for _, v in spans)[len(spans) // 2]
     # CPU of the reader actors and train workers between the end of the warm-up window and
     # the last window (the metric timestamps: when rank 0 logged them)
@@ -96,6 +102,7 @@ def train_run(cfg: Config, *, warmup: int) -> dict[str, Any]:
         "first_step_s": float(first_step_s) if first_step_s is not None
         else first_ts / 1000 - t0 - (first_step - 1) * median,
         "first_step_source": "summary" if first_step_s is not None else "outside",
+        "startup": startup,
         "wall_s": time.time() - t0,
         "reader_cpu_s_per_step": cpu["reader"] / max(n_timed, 1),
         "trainer_cpu_s_per_step": cpu["trainer"] / max(n_timed, 1),
@@ -157,6 +164,7 @@ def bench_pipeline(cfg: Config, *, warmup: int = 20, steps: int = 40, workers: i
         "data_wait_frac_max": pipe["data_wait_frac_max"],
         "bare_data_wait_frac": bare["data_wait_frac"],
         "first_step_s": pipe["first_step_s"], "first_step_source": pipe["first_step_source"],
+        "startup": pipe["startup"],
         "logging_cpu_s": cpu, "logging_overhead": cpu / (logging_windows * window_s),
         # If the machine's cores are the limit, a step costs its CPU seconds: the expected
         # ratio is the bare step's CPU over the real step's CPU, readers included.
@@ -183,5 +191,6 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['runs']['pipeline']['cores_busy']:.2f} (bare {r['runs']['bare']['cores_busy']:.2f})"
         f" -> cpu_bound_prediction {r['cpu_bound_prediction']:.2f}",
         f"logging_overhead {r['logging_overhead']:.4f} of step time (goal < 0.01); "
-        f"first_step_s {r['first_step_s']:.1f} ({r['first_step_source']}; goal <= 20)",
+        f"first_step_s {r['first_step_s']:.1f} ({r['first_step_source']}; goal <= 20): "
+        + " ".join(f"{k} {v:.2f}" for k, v in r["startup"].items() if k != "total_s"),
     ])

@@ -71,9 +71,10 @@ class TrainResult:
     stopped: bool
     registered_model: str | None = None
     model_version: str | None = None
-    first_step_s: float | None = None
+    first_step_s: float | None = None  # from the loop's start to the end of its first step
     resume_changed: list[str] = field(default_factory=list)
     epoch_samples: int | None = None  # samples the last epoch that ended trained on, all ranks
+    first_step_total_s: float | None = None  # from `origin` (the run's start) to that step
 
 
 class MetricWindow:
@@ -114,15 +115,22 @@ def batches(loader: BatchSource, start: int, total: int) -> Iterator[tuple[dict[
 
 def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cfg: TrainConfig,
           ckpt_cfg: CheckpointConfig, eval_every_epochs: int, global_batch: int,
-          startup: dict[str, float] | None = None) -> TrainResult:
-    """Train this rank from its latest checkpoint to `trainer.total_steps` (or a stop request)."""
+          startup: dict[str, float] | None = None, origin: float | None = None) -> TrainResult:
+    """Train this rank from its latest checkpoint to `trainer.total_steps` (or a stop request).
+
+    `startup`: the breakdown so far (logged once, with this attempt's first window); `origin`:
+    the wall-clock time (``time.time()``) the run was started at, so ``startup/total_s`` is
+    the whole way from there to the end of the first step."""
     rank, spe, sink = dist.rank(), loader.steps_per_epoch, services.sink
     ckpt = CheckpointManager(services.artifacts, every_steps=ckpt_cfg.every_steps,
                              keep=ckpt_cfg.keep, max_failures=ckpt_cfg.max_upload_failures,
                              before_commit=_flush_or_veto(sink, ckpt_cfg.flush_timeout_s))
-    changed = resume(trainer, loader, ckpt, services, allow=train_cfg.allow_changed_resume)
-    total, win, t0 = trainer.total_steps, MetricWindow(global_batch, spe), time.perf_counter()
     startup = dict(startup or {})
+    t0 = time.perf_counter()
+    changed = resume(trainer, loader, ckpt, services, allow=train_cfg.allow_changed_resume)
+    startup["startup/resume_s"] = time.perf_counter() - t0
+    total, win, t0 = trainer.total_steps, MetricWindow(global_batch, spe), time.perf_counter()
+    first_step_total_s: float | None = None
     last_loss: float | None = None
     knn: float | None = None
     first_step_s: float | None = None
@@ -141,6 +149,8 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
         stats = trainer.step(batch["view1"], batch["view2"], stop=poll, corrupt=corrupt)
         if first_step_s is None:
             first_step_s = startup["startup/first_step_s"] = time.perf_counter() - t0
+            if origin is not None:
+                first_step_total_s = startup["startup/total_s"] = time.time() - origin
         last_loss = last_loss if stats.skipped else stats.loss
         win.add(stats, wait)
         step = stats.step
@@ -166,7 +176,8 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
     if stats is not None and stats.stop and step < total:
         ckpt.close()
         return TrainResult(step, total, last_loss, knn, True, first_step_s=first_step_s,
-                           resume_changed=changed, epoch_samples=epoch_samples)
+                           resume_changed=changed, epoch_samples=epoch_samples,
+                           first_step_total_s=first_step_total_s)
     knn = knn if evaluated_at == step else evaluate(trainer, services, step)
     if saved_at != step:
         save(trainer, loader, ckpt, services, step, last=True)
@@ -176,7 +187,7 @@ def train(trainer: Trainer, loader: BatchSource, services: Services, *, train_cf
         name, version = services.export(copy.deepcopy(trainer.model.backbone).cpu(),
                                         knn_top1=knn, views=views, step=step)
     return TrainResult(step, total, last_loss, knn, False, name, version, first_step_s, changed,
-                       epoch_samples)
+                       epoch_samples, first_step_total_s)
 
 
 def _log(services: Services, metrics: dict[str, float], step: int, total: int,

@@ -82,9 +82,11 @@ def run_training(cfg: Config, resume: str | None = None, *,
                  wrap_services: WrapServices | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray; return the JSON-able summary (run_id, run_name, steps,
     total_steps, loss, knn_top1, registered_model, model_version, mlflow_url, stopped,
-    wall_s, first_step_s, epoch_samples: the samples trained on in the last epoch, all
-    ranks). wrap_services(services, rank) wraps each worker's services (e.g. to inject
+    wall_s, first_step_s (the workers' loop start to the end of step 1), first_step_total_s
+    (this call to the end of step 1: the startup goal's figure), epoch_samples: the samples
+    trained on in the last epoch, all ranks). wrap_services(services, rank) wraps each worker's services (e.g. to inject
     faults in a test); it must be picklable."""
+    called_at = time.time()  # startup/total_s counts from here to the end of the first step
     preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -109,6 +111,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
     # Worker prints reach the driver once through Ray's log forwarding; Ray Train's print
     # patch would send every line a second time through its logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    driver_s = time.time() - called_at
     t0 = time.monotonic()
     connected = init_ray(cfg)
     ray_init_s = time.monotonic() - t0
@@ -131,6 +134,7 @@ def run_training(cfg: Config, resume: str | None = None, *,
         ray_entry,
         train_loop_config={"cfg": cfg.to_dict(), "run": dataclasses.asdict(run),
                            "stop_actor": flag_name, "ray_init_s": ray_init_s,
+                           "called_at": called_at, "driver_s": driver_s,
                            "fit_at": time.time(), "wrap_services": wrap_services},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
@@ -184,7 +188,7 @@ def summarize(run: RunRef, metrics: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"run {run.run_id}: the workers returned no summary "
                            f"(Result.metrics keys: {sorted(metrics)})")
     keys = ("steps", "total_steps", "loss", "knn_top1", "registered_model", "model_version",
-            "first_step_s", "resume_changed", "epoch_samples")
+            "first_step_s", "first_step_total_s", "resume_changed", "epoch_samples")
     return {"run_id": run.run_id, "run_name": run.run_name,
             **{k: metrics.get(k) for k in keys}, "stopped": bool(metrics.get("worker_stopped")),
             "mlflow_url": run_url(run.tracking_uri, run.experiment_id, run.run_id)}

@@ -82,7 +82,7 @@ def mlflow_services(cfg: Config, run: RunRef, *, device: torch.device, manifest_
 def run_worker(cfg: Config, run: RunRef, *, device: torch.device, use_ray: bool = True,
                should_stop: Callable[[], bool] = lambda: False,
                report: Callable[[dict[str, float]], None] | None = None,
-               startup: dict[str, float] | None = None,
+               startup: dict[str, float] | None = None, origin: float | None = None,
                wrap_services: WrapServices | None = None) -> TrainResult:
     """Build everything for this rank and train (see the module docstring)."""
     from pipeline.ingest.loader import Loader, LoaderPlan
@@ -104,6 +104,7 @@ def run_worker(cfg: Config, run: RunRef, *, device: torch.device, use_ray: bool 
     loader = Loader(cfg.data, cfg.ingest, cfg.augment, plan, storage=cfg.storage,
                     use_ray=use_ray)
     startup["startup/readers_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     services = mlflow_services(cfg, run, device=device, manifest_sha=manifest.sha256,
                                should_stop=should_stop, report=report)
     if wrap_services is not None:
@@ -124,9 +125,10 @@ def run_worker(cfg: Config, run: RunRef, *, device: torch.device, use_ray: bool 
             # host -> GPU copies of the next batches overlap the step (`bench gpu`: 0.84x of
             # synthetic img/s with the copy inside the step on an H200)
             source = PrefetchingSource(loader, device, depth=cfg.ingest.device_prefetch)
+        startup["startup/setup_s"] = time.perf_counter() - t0  # services, model, optimizer
         return train(trainer, source, services, train_cfg=cfg.train, ckpt_cfg=cfg.checkpoint,
                      eval_every_epochs=cfg.eval.every_epochs, global_batch=cfg.global_batch,
-                     startup=startup)
+                     startup=startup, origin=origin)
     finally:
         loader.close()
         if services.sink is not None:
@@ -145,7 +147,8 @@ def summary_of(result: TrainResult) -> dict[str, Any]:
             "knn_top1": result.knn_top1, "registered_model": result.registered_model,
             "model_version": result.model_version, "first_step_s": result.first_step_s,
             "worker_stopped": result.stopped, "resume_changed": result.resume_changed,
-            "epoch_samples": result.epoch_samples}
+            "epoch_samples": result.epoch_samples,
+            "first_step_total_s": result.first_step_total_s}
 
 
 def ray_entry(config: dict[str, Any]) -> None:
@@ -157,9 +160,11 @@ def ray_entry(config: dict[str, Any]) -> None:
 
     from pipeline.config import from_dict
 
-    # worker_group_s: from the driver's fit() to this attempt's worker (a restarted attempt
-    # counts the earlier attempts too)
-    startup = {"startup/ray_init_s": config["ray_init_s"],
+    # driver_s: preflight, manifest and MLflow run on the driver; worker_group_s: from the
+    # driver's fit() to this attempt's worker (a restarted attempt counts the earlier
+    # attempts too); total_s (at the first step): from the run_training call
+    startup = {"startup/driver_s": config["driver_s"],
+               "startup/ray_init_s": config["ray_init_s"],
                "startup/worker_group_s": time.time() - config["fit_at"]}
     cfg, run = from_dict(config["cfg"]), RunRef(**config["run"])
     flag = None
@@ -177,7 +182,7 @@ def ray_entry(config: dict[str, Any]) -> None:
 
     result = run_worker(cfg, run, device=ray.train.torch.get_device(), should_stop=should_stop,
                         report=lambda m: ray.train.report(m), startup=startup,
-                        wrap_services=config.get("wrap_services"))
+                        origin=config["called_at"], wrap_services=config.get("wrap_services"))
     report_result(summary_of(result))
 
 

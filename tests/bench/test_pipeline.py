@@ -29,6 +29,13 @@ def test_bench_pipeline_reports_every_figure_from_two_real_runs(fmnist_tiny: Dat
     assert report["pipeline_steps_per_s"] > 0 and report["bare_steps_per_s"] > 0
     assert 0 <= report["data_wait_frac"] <= report["data_wait_frac_max"] <= 1
     assert 0 < report["logging_overhead"] < 1 and report["first_step_s"] > 0
+    # first_step_s is the whole way from the run_training call (the workers' figure against
+    # the driver's clock), so it holds the breakdown's parts that happen one after another
+    start = report["startup"]
+    assert report["first_step_source"] == "summary" and start["total_s"] == pytest.approx(
+        report["first_step_s"], abs=1e-3)
+    assert report["first_step_s"] > (start["driver_s"] + start["ray_init_s"]
+                                     + start["worker_group_s"] + start["first_step_s"])
     # where the CPU went: the real run's reader actors (1 per worker in tiny.toml) were
     # sampled and did work; the bare run's workers stepped without any
     assert runs["pipeline"]["reader_processes"] >= 2 and report["reader_cpu_s_per_step"] > 0

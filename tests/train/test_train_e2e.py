@@ -33,6 +33,7 @@ def test_end_to_end_run_is_complete_in_mlflow(reference_run: Reference, fmnist_t
     assert s["model_version"] == "1"
     assert s["mlflow_url"].endswith(f"/runs/{s['run_id']}")
     assert s["first_step_s"] > 0  # from the workers, through Ray Train's Result
+    assert s["first_step_total_s"] > s["first_step_s"]  # ... and from run_training's call
     client = mlflow_client()
     run = client.get_run(s["run_id"])
     assert run.info.status == "FINISHED"
@@ -52,10 +53,11 @@ def test_end_to_end_run_is_complete_in_mlflow(reference_run: Reference, fmnist_t
                 "data_wait_frac", "queue_fill", "corrupt", "epoch"):
         assert metric_steps(client, s["run_id"], key) == LOGGED, key
     assert metric_steps(client, s["run_id"], "knn_top1") == [12, 24]
-    for key in ("ray_init_s", "worker_group_s", "process_group_s", "readers_s", "manifest_s",
-                "first_batch_s", "first_step_s"):  # the startup breakdown, once
+    for key in ("driver_s", "ray_init_s", "worker_group_s", "process_group_s", "readers_s",
+                "manifest_s", "setup_s", "resume_s", "first_batch_s", "first_step_s",
+                "total_s"):  # the startup breakdown, once
         assert metric_steps(client, s["run_id"], f"startup/{key}") == [0], key
-    assert "[mocopipe] startup ray_init_s" in reference_run.output
+    assert "[mocopipe] startup driver_s" in reference_run.output
     lr = {m.step: m.value for m in client.get_metric_history(s["run_id"], "lr")}
     assert lr[24] < lr[12]  # cosine decay
 

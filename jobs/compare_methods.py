@@ -115,7 +115,8 @@ def table(out: Path) -> str:
     noise = [m for m in methods if pick(m, "finetune_1pct")]
     if noise:
         lines += ["", ("| method (model seed) | fine-tune seeds | 1% pretrained mean (sd) | "
-                       "1% random init mean (sd) | margin | per seed: pretrained / random |"),
+                       "1% random init mean (sd) | margin (sd of the per-seed differences) | "
+                       "per seed: pretrained / random |"),
                   "|---|---|---|---|---|---|"]
     for m in noise:
         runs = sorted(pick(m, "finetune_1pct"), key=lambda r: r["finetune_seed"])
@@ -128,8 +129,10 @@ def table(out: Path) -> str:
 
         per = ", ".join(f"s{r['finetune_seed']}: {p:.3f} / {q:.3f}"
                         for r, p, q in zip(runs, pre, rnd, strict=True))
+        diff = [p - q for p, q in zip(pre, rnd, strict=True)]
+        sd = f"{statistics.stdev(diff):.3f}" if len(diff) > 1 else "-"
         lines.append(f"| {m} (s{runs[0]['seed']}) | {len(runs)} | {ms(pre)} | {ms(rnd)} | "
-                     f"{statistics.fmean(pre) - statistics.fmean(rnd):+.3f} | {per} |")
+                     f"{statistics.fmean(diff):+.3f} ({sd}) | {per} |")
     return "\n".join(lines)
 
 

@@ -68,6 +68,6 @@ def test_table_reports_mean_sd_and_margin_over_fine_tune_seeds(tmp_path: Path,
     pre, rnd = [0.80, 0.81, 0.82], [0.78, 0.77, 0.76]
     assert f"{statistics.fmean(pre):.3f} ({statistics.stdev(pre):.3f})" in row  # 0.810 (0.010)
     assert f"{statistics.fmean(rnd):.3f} ({statistics.stdev(rnd):.3f})" in row
-    assert "| +0.040 |" in row
+    assert "| +0.040 (0.020) |" in row  # differences 0.02, 0.04, 0.06
     assert "s2: 0.820 / 0.760" in row
     assert "0.810 (s1)" in text  # the train run's kNN in the first table

@@ -64,6 +64,7 @@ class ShardReader:
         self.batch_size = batch_size
         self._min_side = decode_min_side(data.image_size, augment.crop_scale_min)
         self.plan: ReaderPlan | None = None
+        self._samples = 0  # plan.samples (a sum over the slices), once per start()
         self.cursor = 0
         self.corrupt_total = 0
         self.corrupt_shards: dict[str, int] = {}
@@ -98,6 +99,7 @@ class ShardReader:
                              f"corrupt={corrupt}")
         self._close_source()
         self.plan, self.cursor, self.corrupt_total = plan, cursor, corrupt
+        self._samples = plan.samples
         self.corrupt_shards = {}
         self._round = -1
 
@@ -131,7 +133,7 @@ class ShardReader:
     def _take(self, position: int) -> tuple[SampleId, RawSample]:
         """The raw sample at emission ``position`` (reading ahead into the buffer as needed)."""
         assert self.plan is not None
-        length = self.plan.samples
+        length = self._samples
         round_, offset = divmod(position, length)
         if round_ != self._round:
             self._enter_round(round_, offset)
@@ -163,7 +165,7 @@ class ShardReader:
         assert self.plan is not None
         self.corrupt_total += 1
         self.corrupt_shards[shard] = self.corrupt_shards.get(shard, 0) + 1
-        allowed = self.ingest.max_corrupt_fraction * max(self.cursor, self.plan.samples)
+        allowed = self.ingest.max_corrupt_fraction * max(self.cursor, self._samples)
         if self.corrupt_total > allowed:
             shards = ", ".join(f"{k} ({n})" for k, n in sorted(self.corrupt_shards.items()))
             raise CorruptDataError(
@@ -204,7 +206,7 @@ class ShardReader:
             v2.append(views[1])
             keys.append(raw.key)
             positions.append([shard, member])
-            repeats += position >= self.plan.samples
+            repeats += position >= self._samples
         total = self._stats.snapshot()
         nbytes, retries = total[0] - self._sent[0], total[1] - self._sent[1]
         self._sent = total

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.tracking import (MetricLogger, TrackingError, log_params, redact, redact_map,
-                               resolve_tracking_uri, run_url)
+from pipeline.tracking import (MetricLogger, TrackingError, log_params, logged_steps, redact,
+                               redact_map, resolve_tracking_uri, run_url)
 
 pytestmark = pytest.mark.unit
 
@@ -56,6 +56,36 @@ def test_skip_through_drops_already_logged_steps() -> None:
     assert logger.close(timeout=10)
     assert sorted((k, s) for k, _, s in client.metrics) == [
         ("knn_top1", 20), ("knn_top1", 30), ("loss", 30)]
+
+
+class HistoryClient:
+    """A run whose metrics are `history` ({key: [steps]}); counts the requests."""
+
+    def __init__(self, history: dict[str, list[int]]) -> None:
+        self.history, self.requests = history, []
+
+    def get_run(self, run_id: str) -> Any:
+        self.requests.append("get_run")
+        latest = {k: 0.5 for k, steps in self.history.items() if steps}
+
+        class Run:
+            class data:  # noqa: N801 - the shape of mlflow.entities.Run
+                metrics = latest
+        return Run
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Any]:
+        self.requests.append(key)
+        return [type("M", (), {"step": s})() for s in self.history.get(key, [])]
+
+
+def test_logged_steps_asks_history_only_for_keys_the_run_has() -> None:
+    keys = ["loss", "acc1", "lr", "knn_top1"]
+    fresh = HistoryClient({})
+    assert logged_steps(fresh, "r", keys) == {}  # type: ignore[arg-type]
+    assert fresh.requests == ["get_run"]  # a new run: one request, not one per key
+    resumed = HistoryClient({"loss": [10, 30, 20], "knn_top1": [12], "other": [5]})
+    assert logged_steps(resumed, "r", keys) == {"loss": 30, "knn_top1": 12}  # type: ignore[arg-type]
+    assert resumed.requests == ["get_run", "loss", "knn_top1"]
 
 
 def test_flush_every_must_be_positive() -> None:

@@ -22,9 +22,13 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
 
 def logged_steps(client: MlflowClient, run_id: str, keys: list[str]) -> dict[str, int]:
-    """Highest step already logged per metric key (missing keys are absent)."""
+    """Highest step already logged per metric key (missing keys are absent).
+
+    One request for the run's latest metrics first, then a history request only for the keys
+    it holds: a new run (nothing logged yet) costs one request, not one per key."""
     out: dict[str, int] = {}
-    for key in keys:
+    logged = client.get_run(run_id).data.metrics
+    for key in (k for k in keys if k in logged):
         history = client.get_metric_history(run_id, key)
         if history:
             out[key] = max(m.step for m in history)

@@ -112,6 +112,10 @@ def table(out: Path) -> str:
         if row in base.get("knn", {}):
             lines.append(f"| {row.replace('_', ' ')} | | {f(base['knn'].get(row))} "
                          f"| {f(base['probe'].get(row))} | | | |")
+    def mean_sd(xs: list[float]) -> str:
+        sd = f"{statistics.stdev(xs):.3f}" if len(xs) > 1 else "-"
+        return f"{statistics.fmean(xs):.3f} ({sd})"
+
     noise = [m for m in methods if pick(m, "finetune_1pct")]
     if noise:
         lines += ["", ("| method (model seed) | fine-tune seeds | 1% pretrained mean (sd) | "
@@ -122,17 +126,11 @@ def table(out: Path) -> str:
         runs = sorted(pick(m, "finetune_1pct"), key=lambda r: r["finetune_seed"])
         pre = [r["rows"][0]["pretrained_top1"] for r in runs]
         rnd = [r["rows"][0]["random_top1"] for r in runs]
-
-        def ms(xs: list[float]) -> str:
-            sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-            return f"{statistics.fmean(xs):.3f} ({sd:.3f})"
-
         per = ", ".join(f"s{r['finetune_seed']}: {p:.3f} / {q:.3f}"
                         for r, p, q in zip(runs, pre, rnd, strict=True))
-        diff = [p - q for p, q in zip(pre, rnd, strict=True)]
-        sd = f"{statistics.stdev(diff):.3f}" if len(diff) > 1 else "-"
-        lines.append(f"| {m} (s{runs[0]['seed']}) | {len(runs)} | {ms(pre)} | {ms(rnd)} | "
-                     f"{statistics.fmean(diff):+.3f} ({sd}) | {per} |")
+        diff = mean_sd([p - q for p, q in zip(pre, rnd, strict=True)])
+        lines.append(f"| {m} (s{runs[0]['seed']}) | {len(runs)} | {mean_sd(pre)} | "
+                     f"{mean_sd(rnd)} | {'+' if diff[0] != '-' else ''}{diff} | {per} |")
     return "\n".join(lines)
 
 
@@ -159,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.out))
         return 0
     moco = [sys.executable, "-m", "pipeline.cli"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    model_seed = seeds[0] if args.finetune_model_seed is None else args.finetune_model_seed
+    extra = [x for o in args.overrides for x in ("--set", o)]
     for method in args.methods.split(","):
-        for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
+        for i, seed in enumerate(seeds):
             name = f"{args.prefix}-{method}-s{seed}"
             model = f"{name}-encoder"
-            extra = [x for o in args.overrides for x in ("--set", o)]
             _run([*moco, "train", CONFIGS[method], "--set", f"train.seed={seed}",
                   "--set", f'ray.run_name="{name}"', "--set", f'mlflow.registered_model="{model}"',
                   *extra, "--json"], args.out,
@@ -176,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             _run([*moco, "finetune", f"models:/{model}/1", "--data", DATA,
                   "--fractions", "0.01,0.1", "--workers", "2", "--json"], args.out,
                  {"method": method, "seed": seed, "step": "finetune"})
-        seeds = [int(s) for s in args.seeds.split(",")]
-        model_seed = seeds[0] if args.finetune_model_seed is None else args.finetune_model_seed
         for fs in (int(s) for s in args.finetune_seeds.split(",") if s.strip()):
             _run([*moco, "finetune", f"models:/{args.prefix}-{method}-s{model_seed}-encoder/1",
                   "--data", DATA, "--fractions", "0.01", "--seed", str(fs), "--workers", "2",

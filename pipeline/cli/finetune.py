@@ -55,13 +55,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     from pipeline.eval import evaluate as em
     from pipeline.eval.features import load_labelled
-    from pipeline.eval.finetune import (
-        FinetuneSettings,
-        label_efficiency,
-        log_finetune,
-        parse_fractions,
-        rows_as_dicts,
-    )
+    from pipeline.eval.finetune import (FinetuneSettings, label_efficiency, log_finetune,
+                                        parse_fractions, rows_as_dicts)
     from pipeline.storage import Storage
     from pipeline.tracking import resolve_tracking_uri
 

@@ -84,8 +84,8 @@ def run_training(cfg: Config, resume: str | None = None, *,
     total_steps, loss, knn_top1, registered_model, model_version, mlflow_url, stopped,
     wall_s, first_step_s (the workers' loop start to the end of step 1), first_step_total_s
     (this call to the end of step 1: the startup goal's figure), epoch_samples: the samples
-    trained on in the last epoch, all ranks). wrap_services(services, rank) wraps each worker's services (e.g. to inject
-    faults in a test); it must be picklable."""
+    trained on in the last epoch, all ranks). wrap_services(services, rank) wraps each
+    worker's services (e.g. to inject faults in a test); it must be picklable."""
     called_at = time.time()  # startup/total_s counts from here to the end of the first step
     preflight(cfg)  # one-line errors before any Ray work or MLflow run (train/preflight.py)
     import ray

@@ -68,7 +68,7 @@ def test_finetune_cli_on_ray_workers_reports_logs_plot_and_tags(
     and the tags, and its rows equal the same fine-tunes run in one process (`--local`)."""
     model, version = _run_with_encoder(stack, f"fttest-{uuid.uuid4().hex[:8]}", True)
     common = [f"models:/{model}/{version}", "--data", labelled, "--fractions", "0.1,1.0",
-              "--epochs", "1", "--min-steps", "5", "--json"]
+              "--epochs", "1", "--min-steps", "5", "--seed", "3", "--json"]
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "finetune", *common,
                            "--workers", "2", "--cpus-per-worker", "0.5"], cwd=REPO,
                           capture_output=True, text=True, timeout=600, check=False)
@@ -82,6 +82,7 @@ def test_finetune_cli_on_ray_workers_reports_logs_plot_and_tags(
     client = client_for(stack.mlflow_uri)
     run = client.get_run(out["finetune_run"])
     assert run.info.status == "FINISHED" and run.data.tags["mocopipe.kind"] == "finetune"
+    assert run.data.params["finetune.seed"] == "3"  # --seed, not the training run's seed
     assert run.data.metrics["finetune.pretrained_top1.0.1"] == pytest.approx(
         out["rows"][0]["pretrained_top1"])
     assert "plots/label_efficiency.png" in {a.path for a in
